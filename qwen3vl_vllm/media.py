@@ -1,0 +1,380 @@
+"""Images and videos: load from anything users hold, then resize/sample like the reference.
+
+The reference preprocesses with qwen-vl-utils (image_patch_size 16) and then calls the HF
+processor with ``do_resize=False``. This module reproduces those pixels (SPEC §1) so vLLM sees
+exactly what the reference model sees:
+
+- images: ``smart_resize`` to multiples of 32 within [min_pixels, max_pixels] (Python ``round``,
+  i.e. half to even; aspect ratio > 200 is an error), PIL bicubic; RGBA is composited on white,
+  other modes go through ``convert("RGB")``;
+- frame lists: each frame resized as an image with factor 64 and qwen-vl-utils' image defaults
+  (its frame path passes the *merged* factor as the patch size), padded to an even count by
+  repeating the last frame, then the clip resized to the ``total_pixels`` budget with
+  torchvision bicubic (antialias), giving float pixels; timestamps use a sampling fps of 2.0;
+- video files: decoded with PyAV (qwen-vl-utils' own readers do not work on these machines),
+  ``nframes`` from fps/max_frames as qwen-vl-utils computes it, indices
+  ``torch.linspace(0, n-1, k).round()``, then the same clip resize.
+
+Sources: local path, ``file://``, http(s) URL, ``data:`` URL, raw bytes, ``PIL.Image`` and, for
+frames, HxWx3 uint8 arrays. Every failure raises ``MediaError`` naming the item.
+
+Example::
+
+    >>> from qwen3vl_vllm.media import smart_resize
+    >>> smart_resize(40, 1200, factor=32, min_pixels=4096, max_pixels=1843200)
+    (32, 1216)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MediaError
+from .inputs import FRAME_LIST_FPS, IMAGE_FACTOR
+
+MAX_RATIO = 200
+FRAME_FACTOR = 2
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
+VIDEO_FRAME_MIN_PIXELS = 128 * IMAGE_FACTOR * IMAGE_FACTOR
+VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR
+FRAME_IMAGE_FACTOR = 2 * IMAGE_FACTOR  # qwen-vl-utils quirk for frame lists
+IMAGE_MIN_TOKENS, IMAGE_MAX_TOKENS = 4, 16384
+DEFAULT_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9  # qwen-vl-utils MODEL_SEQ_LEN
+FORMAT_HINT = "Send a PNG, JPEG, WebP, BMP or GIF image as a path, URL, data URL, bytes or PIL image"
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """What the loader may touch. Defaults suit a trusted, local, offline caller."""
+
+    allow_local_files: bool = True
+    local_root: str | None = None  # when set, local files must resolve inside it
+    allow_remote: bool = True
+    url_timeout: float = 10.0
+    max_bytes: int = 256 * 1024 * 1024
+
+
+DEFAULT_POLICY = MediaPolicy()
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def smart_resize(height: int, width: int, *, factor: int = IMAGE_FACTOR, min_pixels: float,
+                 max_pixels: float) -> tuple[int, int]:
+    """qwen-vl-utils' resize rule: multiples of ``factor`` within [min_pixels, max_pixels]."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is above "
+                         f"{MAX_RATIO}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_local(path: str, where: str, policy: MediaPolicy) -> bytes:
+    if not policy.allow_local_files:
+        raise MediaError(where, "reading local files is disabled", "Send the bytes or a data URL instead")
+    real = os.path.realpath(path)
+    if policy.local_root is not None:
+        root = os.path.realpath(policy.local_root)
+        if os.path.commonpath([root, real]) != root:
+            raise MediaError(where, f"path {path!r} is outside the allowed folder",
+                             "Move the file under the allowed folder or send its bytes")
+    try:
+        size = os.path.getsize(real)
+        if size > policy.max_bytes:
+            raise MediaError(where, f"file is {size} bytes, above the {policy.max_bytes} limit")
+        with open(real, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise MediaError(where, f"file not found: {path!r}", "Check the path") from None
+    except IsADirectoryError:
+        raise MediaError(where, f"{path!r} is a directory, not a file") from None
+    except PermissionError:
+        raise MediaError(where, f"permission denied: {path!r}") from None
+
+
+def _read_url(url: str, where: str, policy: MediaPolicy) -> bytes:
+    if not policy.allow_remote:
+        raise MediaError(where, "fetching remote URLs is disabled",
+                         "Download the file yourself and send its bytes or a data URL")
+    import httpx
+
+    try:
+        with httpx.stream("GET", url, timeout=policy.url_timeout, follow_redirects=True) as r:
+            r.raise_for_status()
+            chunks, total = [], 0
+            for chunk in r.iter_bytes():
+                total += len(chunk)
+                if total > policy.max_bytes:
+                    raise MediaError(where, f"download exceeds {policy.max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPStatusError as e:
+        raise MediaError(where, f"URL answered HTTP {e.response.status_code}: {url}") from None
+    except httpx.TimeoutException:
+        raise MediaError(where, f"URL timed out after {policy.url_timeout}s: {url}",
+                         "Check the URL or send the bytes") from None
+    except httpx.HTTPError as e:
+        raise MediaError(where, f"cannot fetch {url}: {type(e).__name__}: {e}",
+                         "Check the URL or send the bytes") from None
+
+
+def decode_data_url(url: str, where: str) -> tuple[str, bytes]:
+    """``data:<mime>;base64,<payload>`` -> (mime, bytes)."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.startswith("data:") or ";base64" not in head:
+        raise MediaError(where, "malformed data URL", "Use data:<mime>;base64,<payload>")
+    try:
+        return head[5:].split(";", 1)[0], base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError):
+        raise MediaError(where, "data URL payload is not valid base64") from None
+
+
+def source_bytes(src: Any, where: str, policy: MediaPolicy = DEFAULT_POLICY) -> bytes:
+    """Raw bytes of a path/URL/data URL/bytes source."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    if isinstance(src, os.PathLike):
+        return _read_local(os.fspath(src), where, policy)
+    if not isinstance(src, str):
+        raise MediaError(where, f"unsupported source type {type(src).__name__}", FORMAT_HINT)
+    if src.startswith("data:"):
+        return decode_data_url(src, where)[1]
+    if src.startswith(("http://", "https://")):
+        return _read_url(src, where, policy)
+    if src.startswith("file://"):
+        return _read_local(src[7:], where, policy)
+    if "://" in src.split("/", 1)[0] + "/" and not os.path.exists(src):
+        scheme = src.split("://", 1)[0]
+        raise MediaError(where, f"unsupported URL scheme {scheme!r}",
+                         "Use a local path, file://, http(s):// or a data: URL")
+    return _read_local(src, where, policy)
+
+
+def to_rgb(image):
+    """qwen-vl-utils' conversion: RGBA on white; every other mode via convert('RGB')."""
+    from PIL import Image
+
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        return background
+    return image.convert("RGB")
+
+
+def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY):
+    """Any supported image source -> a fully decoded RGB ``PIL.Image``."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(src, Image.Image):
+        image = src
+    elif hasattr(src, "ndim") and hasattr(src, "dtype"):
+        try:
+            image = Image.fromarray(src)
+        except Exception as e:  # noqa: BLE001
+            raise MediaError(where, f"cannot make an image from array {getattr(src, 'shape', '?')}: {e}",
+                             "Give an HxWx3 uint8 array") from None
+    else:
+        data = source_bytes(src, where, policy)
+        if not data:
+            raise MediaError(where, "image data is empty (0 bytes)", FORMAT_HINT)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Image.DecompressionBombError as e:
+            raise MediaError(where, f"image refused as a decompression bomb ({e})",
+                             "Send a smaller image") from None
+        except UnidentifiedImageError:
+            raise MediaError(where, "cannot decode image: not a recognised image format",
+                             FORMAT_HINT) from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise MediaError(where, f"cannot decode image: {e}",
+                             "The file looks corrupt or truncated. " + FORMAT_HINT) from None
+    if image.width == 0 or image.height == 0:
+        raise MediaError(where, f"image has zero size ({image.width}x{image.height})", FORMAT_HINT)
+    try:
+        return to_rgb(image)
+    except Exception as e:  # noqa: BLE001
+        raise MediaError(where, f"cannot convert image to RGB: {e}", FORMAT_HINT) from None
+
+
+def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = IMAGE_FACTOR,
+                 where: str = "image"):
+    """Resize an RGB image to its reference size (PIL bicubic)."""
+    from PIL import Image
+
+    try:
+        h, w = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
+                            max_pixels=max_pixels)
+    except ValueError as e:
+        raise MediaError(where, str(e), "Crop or pad the image to a less extreme shape") from None
+    return image.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def fetch_image(part: dict, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY):
+    """An image content part -> the RGB image the reference model sees."""
+    image = load_image(part["image"], where, policy)
+    return resize_image(image, min_pixels=part.get("min_pixels", IMAGE_MIN_TOKENS * IMAGE_FACTOR**2),
+                        max_pixels=part.get("max_pixels", IMAGE_MAX_TOKENS * IMAGE_FACTOR**2),
+                        where=where)
+
+
+# ---------------------------------------------------------------- video
+
+
+def smart_nframes(total_frames: int, video_fps: float, *, fps: float, max_frames: int | None,
+                  where: str = "video") -> int:
+    """qwen-vl-utils' frame count for a video file."""
+    min_frames = math.ceil(FPS_MIN_FRAMES / FRAME_FACTOR) * FRAME_FACTOR
+    cap = max_frames if max_frames is not None else min(FPS_MAX_FRAMES, total_frames)
+    max_f = math.floor(cap / FRAME_FACTOR) * FRAME_FACTOR
+    n = total_frames / video_fps * fps
+    n = min(min(max(n, min_frames), max_f), total_frames)
+    n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise MediaError(where, f"video has {total_frames} frame(s); at least {FRAME_FACTOR} are needed",
+                         "Send a longer video, or its frames as a list")
+    return n
+
+
+def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY):
+    """Decode every frame of a video file with PyAV -> (list of HxWx3 uint8 arrays, fps)."""
+    import av
+
+    data = source_bytes(src, where, policy)
+    if not data:
+        raise MediaError(where, "video data is empty (0 bytes)", "Send an mp4/webm/mkv file")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise MediaError(where, "file has no video stream", "Send an mp4/webm/mkv file")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PyAV raises many error types
+        raise MediaError(where, f"cannot decode video: {type(e).__name__}: {e}",
+                         "The file looks corrupt. Send an mp4/webm/mkv file, or its frames") from None
+    if not frames:
+        raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
+    return frames, (float(rate) if rate else FRAME_LIST_FPS)
+
+
+def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: int | None,
+                    policy: MediaPolicy = DEFAULT_POLICY):
+    """Decode a video file and sample frames as qwen-vl-utils does.
+
+    Returns ``(frames, metadata, sample_fps)``: a uint8 torch tensor (T, C, H, W), the
+    metadata dict (fps, frames_indices, total_num_frames, video_backend) and the sampling fps.
+    """
+    import numpy as np
+    import torch
+
+    frames, video_fps = decode_video(src, where, policy)
+    total = len(frames)
+    n = smart_nframes(total, video_fps, fps=fps, max_frames=max_frames, where=where)
+    idx = torch.linspace(0, total - 1, n).round().long().tolist()
+    clip = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
+    metadata = {"fps": video_fps, "frames_indices": idx, "total_num_frames": total,
+                "video_backend": "pyav"}
+    return clip, metadata, n / max(total, 1e-6) * video_fps
+
+
+def _resize_clip(clip, *, total_pixels: float, min_pixels: float | None = None,
+                 max_pixels: float | None = None, where: str = "video"):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    nframes, _, height, width = clip.shape
+    min_px = VIDEO_FRAME_MIN_PIXELS if min_pixels is None else min_pixels
+    budget = max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR), int(min_px * 1.05))
+    max_px = min(budget, max_pixels) if max_pixels is not None else budget
+    try:
+        h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_px, max_pixels=max_px)
+    except ValueError as e:
+        raise MediaError(where, str(e), "Crop the video to a less extreme shape") from None
+    return F.resize(clip, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+
+
+def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY):
+    """A video content part -> ``(float32 tensor (T, C, H, W), metadata)`` as the reference sees it."""
+    import numpy as np
+    import torch
+
+    video = part["video"]
+    if isinstance(video, tuple) and len(video) == 2 and isinstance(video[1], dict):
+        frames, metadata = video  # already decoded and sampled by the caller
+        clip = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
+        return clip.float(), dict(metadata)
+    if isinstance(video, (str, os.PathLike)):
+        clip, metadata, _ = read_video_file(video, where, fps=part.get("fps", FRAME_LIST_FPS),
+                                            max_frames=part.get("max_frames"), policy=policy)
+    else:
+        if hasattr(video, "ndim"):
+            video = list(video)
+        images = []
+        for k, frame in enumerate(video):
+            img = load_image(frame, f"{where}.frames[{k}]", policy)
+            images.append(resize_image(img, min_pixels=IMAGE_MIN_TOKENS * FRAME_IMAGE_FACTOR**2,
+                                       max_pixels=IMAGE_MAX_TOKENS * FRAME_IMAGE_FACTOR**2,
+                                       factor=FRAME_IMAGE_FACTOR, where=f"{where}.frames[{k}]"))
+        if len({im.size for im in images}) > 1:
+            raise MediaError(where, "frames have different sizes after resizing "
+                             f"({sorted({im.size for im in images})})", "Give frames of one size")
+        n = math.ceil(len(images) / FRAME_FACTOR) * FRAME_FACTOR
+        images += [images[-1]] * (n - len(images))
+        clip = torch.stack([torch.from_numpy(np.array(im).transpose(2, 0, 1)) for im in images])
+        metadata = {"fps": FRAME_LIST_FPS, "frames_indices": list(range(n)),
+                    "total_num_frames": n}
+    clip = _resize_clip(clip, total_pixels=part.get("total_pixels", DEFAULT_TOTAL_PIXELS),
+                        min_pixels=part.get("min_pixels"), max_pixels=part.get("max_pixels"),
+                        where=where)
+    return clip, metadata
+
+
+def encode_png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def png_data_url(image) -> str:
+    """A lossless data URL for an RGB image."""
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def frames_to_uint8(clip):
+    """(T, C, H, W) float clip -> list of uint8 HxWx3 arrays (rounded, clamped)."""
+    arr = clip.round().clamp(0, 255).to(dtype=__import__("torch").uint8).permute(0, 2, 3, 1).numpy()
+    return list(arr)
+
+
+def is_path_like(src: Any) -> bool:
+    return isinstance(src, (str, os.PathLike)) and not str(src).startswith(("data:", "http://", "https://"))
+
+
+__all__ = ["MediaPolicy", "smart_resize", "load_image", "fetch_image", "fetch_video",
+           "read_video_file", "png_data_url", "decode_data_url", "Path"]

