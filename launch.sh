@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# qwen3vl-vllm launcher: setup | test | demo | serve | bench
+# qwen3vl-vllm launcher: setup | test | demo
 #
 #   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
 #   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
 #   ./launch.sh demo           setup, tiny checkpoint, embedding server, client, similarity matrix
-#   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE`
 #
 # Environment:
 #   QWEN3VL_FLAVOUR=cpu|gpu      force the flavour (default: gpu when nvidia-smi sees a GPU)
@@ -79,19 +78,8 @@ case "$cmd" in
     cd "$ROOT"
     exec "$PY" -m qwen3vl_vllm.cli demo "$@"
     ;;
-  serve)
-    setup
-    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh serve CONFIG.yaml [--set k=v ...]" >&2; exit 2; }
-    cfg="$1"; shift
-    exec "$PY" -m qwen3vl_vllm.cli serve --config "$cfg" "$@"
-    ;;
-  bench)
-    setup
-    cd "$ROOT"
-    exec "$PY" -m qwen3vl_vllm.cli bench "$@"
-    ;;
   help|-h|--help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *) echo "unknown command: $cmd (try ./launch.sh help)" >&2; exit 2 ;;
 esac

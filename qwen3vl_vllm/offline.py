@@ -38,6 +38,8 @@ def _engine_kwargs(kind: str, user: dict) -> dict:
     kw["hf_overrides"] = {**kw["hf_overrides"], **hf}
     mm = user.pop("mm_processor_kwargs", None) or {}
     kw["mm_processor_kwargs"] = {**kw["mm_processor_kwargs"], **mm}
+    media = user.pop("media_io_kwargs", None) or {}
+    kw["media_io_kwargs"] = {**kw["media_io_kwargs"], **media}
     kw.update(user)
     return kw
 
@@ -136,10 +138,19 @@ class Qwen3VLEmbedder(_Engine):
         return out
 
     def process(self, inputs: Sequence[Mapping[str, Any]], normalize: bool = True,
-                dimensions: int | None = None):
+                dimensions: int | None = None, precision: str = "float32"):
+        """Embed ``inputs`` -> (N, dimensions or hidden) array, in input order.
+
+        ``precision`` may be "int8", "binary" or "ubinary" (see ``quantize``). A bad item raises
+        ``InputError``/``MediaError`` naming it before anything is computed.
+        """
         import numpy as np
         from vllm import PoolingParams
 
+        from .quantize import PRECISIONS, quantize
+
+        if precision not in PRECISIONS:
+            raise InputError("precision", f"must be one of {PRECISIONS}, got {precision!r}")
         dim = self.llm.llm_engine.model_config.get_hidden_size()
         if dimensions is not None:
             if isinstance(dimensions, bool) or not isinstance(dimensions, int):
@@ -153,7 +164,7 @@ class Qwen3VLEmbedder(_Engine):
         params = PoolingParams(dimensions=dimensions, use_activation=normalize)
         outputs = self.llm.embed(prompts, pooling_params=params,
                                  use_tqdm=len(prompts) >= PROGRESS_THRESHOLD)
-        return np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32)
+        return quantize(np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32), precision)
 
 
 class Qwen3VLReranker(_Engine):

@@ -37,7 +37,7 @@ from typing import Any
 
 from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_LENGTH
 
-logger = logging.getLogger("qwen3vl_vllm")
+logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
 SUPPORTED_VLLM = ("0.32.",)
 KIND_ENV = "QWEN3VL_VLLM_KIND"
@@ -84,7 +84,16 @@ def chat_template_path(kind: str) -> str:
 
 
 def mm_processor_kwargs(settings=DEFAULT_SETTINGS) -> dict:
-    return {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}
+    """Image pixel bounds of the reference (the checkpoints' own config caps at 1,280 tokens).
+
+    Scoped to images: flat min/max_pixels would also become the *whole video's* budget.
+    """
+    return {"images_kwargs": {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}}
+
+
+# A video sent as frames ("data:video/jpeg;base64,<f1>,<f2>,...") keeps all its frames (vLLM's
+# default keeps 32) and gets the reference's frame-list timestamps (sampling fps 2.0).
+MEDIA_IO_KWARGS = {"video": {"num_frames": -1, "fps": 2.0}}
 
 
 def engine_defaults(kind: str) -> dict[str, Any]:
@@ -96,6 +105,7 @@ def engine_defaults(kind: str) -> dict[str, Any]:
             "pooler_config": {"seq_pooling_type": "LAST", "use_activation": True},
             "hf_overrides": {"is_matryoshka": True},
             "mm_processor_kwargs": mm_processor_kwargs(),
+            "media_io_kwargs": MEDIA_IO_KWARGS,
             "max_model_len": EMBED_MAX_LENGTH,
             "max_num_batched_tokens": EMBED_MAX_LENGTH,
         }
@@ -110,6 +120,7 @@ def engine_defaults(kind: str) -> dict[str, Any]:
                 "is_original_qwen3_reranker": True,
             },
             "mm_processor_kwargs": mm_processor_kwargs(),
+            "media_io_kwargs": MEDIA_IO_KWARGS,
             "max_model_len": RERANK_MAX_LENGTH,
             "max_num_batched_tokens": RERANK_MAX_LENGTH,
         }
@@ -145,6 +156,12 @@ def apply_engine_defaults(args: Any) -> str | None:
     if merged_mm != mm:
         args.mm_processor_kwargs = merged_mm
         changed.append("mm_processor_kwargs")
+    media = getattr(args, "media_io_kwargs", None) or {}
+    merged_media = {k: {**v, **media.get(k, {})} for k, v in defaults["media_io_kwargs"].items()}
+    merged_media.update({k: v for k, v in media.items() if k not in merged_media})
+    if merged_media != media:
+        args.media_io_kwargs = merged_media
+        changed.append("media_io_kwargs")
     if getattr(args, "max_model_len", None) is None:
         args.max_model_len = defaults["max_model_len"]
         changed.append("max_model_len")

@@ -1,0 +1,286 @@
+"""Thin clients for a qwen3vl-vllm server, built on the openai SDK.
+
+They build the reference's multimodal chat prompt from the same upstream input dicts (via
+``inputs``) and send pixels the server will not change: images pre-resized like the reference
+as lossless PNG data URLs, videos as their sampled, resized frames in one
+``data:video/png;base64,<f1>,<f2>,...`` URL.
+
+Settings resolve as argument, then environment variable, then default:
+``base_url`` (``QWEN3VL_BASE_URL``, ``http://127.0.0.1:8000/v1``), ``api_key``
+(``QWEN3VL_API_KEY``, ``EMPTY``), ``model`` (``QWEN3VL_MODEL``, else the server's first model),
+``timeout`` (``QWEN3VL_TIMEOUT``, 120 s), ``max_retries`` (``QWEN3VL_MAX_RETRIES``, 2),
+``max_concurrency`` (``QWEN3VL_MAX_CONCURRENCY``, 8). ``http_client`` takes an
+``httpx.Client``/``httpx.AsyncClient`` (e.g. with a ``MockTransport``), so tests need no server.
+
+Example::
+
+    from qwen3vl_vllm import EmbeddingClient
+    client = EmbeddingClient(base_url="http://127.0.0.1:8000/v1")
+    vectors = client.embed([{"text": "a cat"}, {"image": "cat.png"}], dimensions=256)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Sequence
+
+from . import inputs as I
+from . import media as M
+from .errors import APIConnectionError, APITimeoutError, InputError, error_for_status
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def _setting(value: Any, env: str, default: Any, cast=str):
+    if value is not None:
+        return value
+    raw = os.environ.get(env)
+    if raw not in (None, ""):
+        return cast(raw)
+    return default
+
+
+# ------------------------------------------------------------------ message building (pure + media)
+
+
+def _video_url(clip) -> str:
+    frames = M.frames_to_uint8(clip)
+    from PIL import Image
+
+    encoded = [base64.b64encode(M.encode_png(Image.fromarray(f))).decode("ascii") for f in frames]
+    # vLLM reads "data:video/jpeg;base64,<f1>,<f2>,..." as a frame list; PNG payloads decode too
+    # (lossless), the mime type only selects the frame-list loader.
+    return "data:video/jpeg;base64," + ",".join(encoded)
+
+
+def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy) -> list[dict]:
+    """Content parts -> OpenAI chat content, with media at the reference's final pixels."""
+    out, n_img, n_vid = [], 0, 0
+    for part in parts:
+        if part["type"] == "image":
+            image = M.fetch_image(part, f"{where}.image[{n_img}]", policy)
+            out.append({"type": "image_url", "image_url": {"url": M.png_data_url(image)}})
+            n_img += 1
+        elif part["type"] == "video":
+            clip, _ = M.fetch_video(part, f"{where}.video[{n_vid}]", policy)
+            out.append({"type": "video_url", "video_url": {"url": _video_url(clip)}})
+            n_vid += 1
+        else:
+            out.append({"type": "text", "text": part["text"]})
+    return out
+
+
+def embedding_messages(item: Mapping[str, Any], *, index: int, instruction: str | None = None,
+                       settings: I.MediaSettings = I.DEFAULT_SETTINGS,
+                       policy: M.MediaPolicy = M.DEFAULT_POLICY) -> list[dict]:
+    """One input dict -> the chat messages for ``/v1/embeddings`` (reference prompt)."""
+    if instruction is not None and isinstance(item, Mapping) and "instruction" not in item:
+        item = {**item, "instruction": instruction}
+    conv = I.embedding_conversation(item, index=index, settings=settings)
+    return [
+        {"role": "system", "content": conv[0]["content"][0]["text"]},
+        {"role": "user", "content": openai_parts(conv[1]["content"], f"inputs[{index}]", policy)},
+    ]
+
+
+def _decode_embedding(data: Any):
+    import numpy as np
+
+    if isinstance(data, str):
+        return np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float32)
+    return np.asarray(data, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ clients
+
+
+class _Settings:
+    def __init__(self, *, base_url, api_key, model, timeout, max_retries, max_concurrency,
+                 settings, policy):
+        self.base_url = _setting(base_url, "QWEN3VL_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+        self.api_key = _setting(api_key, "QWEN3VL_API_KEY", "EMPTY")
+        self.model = _setting(model, "QWEN3VL_MODEL", None)
+        self.timeout = float(_setting(timeout, "QWEN3VL_TIMEOUT", 120.0, float))
+        self.max_retries = int(_setting(max_retries, "QWEN3VL_MAX_RETRIES", 2, int))
+        self.max_concurrency = int(_setting(max_concurrency, "QWEN3VL_MAX_CONCURRENCY", 8, int))
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.settings = settings
+        self.policy = policy
+
+
+def _map_openai_error(exc: Exception, where: str) -> Exception:
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return APITimeoutError(f"{where}: no answer within the timeout ({exc})")
+    if isinstance(exc, openai.APIConnectionError):
+        return APIConnectionError(f"{where}: cannot reach the server ({exc}). Is it running?")
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        message = body.get("message") if isinstance(body, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message = body["error"].get("message", message)
+        return error_for_status(exc.status_code, f"{where}: HTTP {exc.status_code}: {message or exc}",
+                                body)
+    return exc
+
+
+class EmbeddingClient:
+    """Embeddings from a qwen3vl-vllm (or plain vLLM) server, identical to the reference."""
+
+    def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
+                 model: str | None = None, timeout: float | None = None,
+                 max_retries: int | None = None, max_concurrency: int | None = None,
+                 http_client: Any = None, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
+                 policy: M.MediaPolicy = M.DEFAULT_POLICY):
+        import openai
+
+        self._s = _Settings(base_url=base_url, api_key=api_key, model=model, timeout=timeout,
+                            max_retries=max_retries, max_concurrency=max_concurrency,
+                            settings=settings, policy=policy)
+        self._openai = openai.OpenAI(base_url=self._s.base_url, api_key=self._s.api_key,
+                                     timeout=self._s.timeout, max_retries=self._s.max_retries,
+                                     http_client=http_client)
+
+    @property
+    def model(self) -> str:
+        if self._s.model is None:
+            try:
+                self._s.model = self._openai.models.list().data[0].id
+            except Exception as e:  # noqa: BLE001
+                raise _map_openai_error(e, "models") from None
+        return self._s.model
+
+    def request_body(self, item: Mapping[str, Any], *, index: int, instruction: str | None,
+                     dimensions: int | None, encoding_format: str) -> dict:
+        body = {
+            "model": self.model,
+            "messages": embedding_messages(item, index=index, instruction=instruction,
+                                           settings=self._s.settings, policy=self._s.policy),
+            "add_generation_prompt": True,
+            "encoding_format": encoding_format,
+        }
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        return body
+
+    def _post(self, body: dict, where: str):
+        try:
+            resp = self._openai.post("/embeddings", body=body, cast_to=object)
+        except Exception as e:  # noqa: BLE001
+            raise _map_openai_error(e, where) from None
+        return _decode_embedding(resp["data"][0]["embedding"])
+
+    def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
+              dimensions: int | None = None, encoding_format: str = "base64",
+              precision: str = "float32"):
+        """Embed every input (one request each, bounded concurrency) -> array in input order.
+
+        Vectors travel as base64 float32 by default; ``precision`` packs them afterwards
+        ("int8", "binary", "ubinary"; see ``quantize``).
+        """
+        import numpy as np
+
+        from .quantize import quantize
+
+        if isinstance(inputs, Mapping):
+            raise InputError("inputs", "expected a list of input dicts, got one dict", "Wrap it in a list")
+        _check_dimensions(dimensions)
+        bodies = [self.request_body(item, index=i, instruction=instruction, dimensions=dimensions,
+                                    encoding_format=encoding_format) for i, item in enumerate(inputs)]
+        if not bodies:
+            return np.zeros((0, dimensions or 0), dtype=np.float32)
+        with ThreadPoolExecutor(max_workers=min(self._s.max_concurrency, len(bodies))) as pool:
+            vectors = list(pool.map(lambda ib: self._post(ib[1], f"inputs[{ib[0]}]"), enumerate(bodies)))
+        return quantize(np.stack(vectors), precision)
+
+    def close(self) -> None:
+        self._openai.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class AsyncEmbeddingClient:
+    """The async twin of ``EmbeddingClient`` (same settings, ``await client.embed(...)``)."""
+
+    def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
+                 model: str | None = None, timeout: float | None = None,
+                 max_retries: int | None = None, max_concurrency: int | None = None,
+                 http_client: Any = None, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
+                 policy: M.MediaPolicy = M.DEFAULT_POLICY):
+        import openai
+
+        self._s = _Settings(base_url=base_url, api_key=api_key, model=model, timeout=timeout,
+                            max_retries=max_retries, max_concurrency=max_concurrency,
+                            settings=settings, policy=policy)
+        self._openai = openai.AsyncOpenAI(base_url=self._s.base_url, api_key=self._s.api_key,
+                                          timeout=self._s.timeout, max_retries=self._s.max_retries,
+                                          http_client=http_client)
+
+    async def model(self) -> str:
+        if self._s.model is None:
+            try:
+                page = await self._openai.models.list()
+                self._s.model = page.data[0].id
+            except Exception as e:  # noqa: BLE001
+                raise _map_openai_error(e, "models") from None
+        return self._s.model
+
+    async def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
+                    dimensions: int | None = None, encoding_format: str = "base64"):
+        import numpy as np
+
+        if isinstance(inputs, Mapping):
+            raise InputError("inputs", "expected a list of input dicts, got one dict", "Wrap it in a list")
+        _check_dimensions(dimensions)
+        model = await self.model()
+        bodies = []
+        for i, item in enumerate(inputs):
+            body = {"model": model,
+                    "messages": embedding_messages(item, index=i, instruction=instruction,
+                                                   settings=self._s.settings, policy=self._s.policy),
+                    "add_generation_prompt": True, "encoding_format": encoding_format}
+            if dimensions is not None:
+                body["dimensions"] = dimensions
+            bodies.append(body)
+        sem = asyncio.Semaphore(self._s.max_concurrency)
+
+        async def one(i: int, body: dict):
+            async with sem:
+                try:
+                    resp = await self._openai.post("/embeddings", body=body, cast_to=object)
+                except Exception as e:  # noqa: BLE001
+                    raise _map_openai_error(e, f"inputs[{i}]") from None
+                return _decode_embedding(resp["data"][0]["embedding"])
+
+        vectors = await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+        if not vectors:
+            return np.zeros((0, dimensions or 0), dtype=np.float32)
+        return np.stack(vectors)
+
+    async def close(self) -> None:
+        await self._openai.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+        return False
+
+
+def _check_dimensions(dimensions: Any) -> None:
+    if dimensions is None:
+        return
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+        raise InputError("dimensions", f"must be a positive whole number, got {dimensions!r}",
+                         "Use e.g. 64, 128, 256 ... up to the model's size")
