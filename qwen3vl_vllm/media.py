@@ -32,6 +32,7 @@ import binascii
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ def source_bytes(src: Any, where: str, policy: MediaPolicy = DEFAULT_POLICY) -> 
         return _read_url(src, where, policy)
     if src.startswith("file://"):
         return _read_local(src[7:], where, policy)
-    if "://" in src.split("/", 1)[0] + "/" and not os.path.exists(src):
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", src) and not os.path.exists(src):
         scheme = src.split("://", 1)[0]
         raise MediaError(where, f"unsupported URL scheme {scheme!r}",
                          "Use a local path, file://, http(s):// or a data: URL")

@@ -1,0 +1,90 @@
+"""Deterministic test inputs, generated locally (shared by tests and the offline worker)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def noise_image(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:
+    rng = np.random.RandomState(seed)
+    arr = (rng.rand(h, w, 3) * 255).astype("uint8")
+    img = Image.fromarray(arr)
+    # smooth structure on top of noise so resizes matter but are not pure noise
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def frames(n: int, w: int = 80, h: int = 64, seed: int = 10) -> list[Image.Image]:
+    return [noise_image(w, h, seed + i) for i in range(n)]
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(img: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()
+
+
+def write_mp4(path: Path, n: int = 12, w: int = 96, h: int = 64, fps: int = 4) -> Path:
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            arr = np.zeros((h, w, 3), dtype=np.uint8)
+            arr[:, :, 0] = (i * 20) % 255
+            arr[8:40, (i * 6) % (w - 20):(i * 6) % (w - 20) + 20, 1] = 220
+            arr[:, :, 2] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def parity_cases(tmp: Path) -> dict[str, dict]:
+    """Case name -> upstream input dict (files written under ``tmp``)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    img = noise_image(150, 100, 1)
+    path = tmp / "img.png"
+    img.save(path)
+    mp4 = write_mp4(tmp / "clip.mp4")
+    return {
+        "text": {"text": "A woman playing with her dog on a beach at sunset."},
+        "text+instruction(no punct)": {"text": "a red car", "instruction": "Retrieve images of cars"},
+        "text+instruction(punct)": {"text": "a red car", "instruction": "Retrieve images of cars?"},
+        "image(PIL)": {"image": img},
+        "image(path)": {"image": str(path)},
+        "image(data URL)": {"image": data_url(img)},
+        "text+image": {"text": "a noisy picture", "image": img},
+        "two images": {"image": [img, noise_image(64, 96, 2)]},
+        "list of texts": {"text": ["first part", "second part"]},
+        "video(frames)": {"video": frames(5)},
+        "video(mp4)": {"video": str(mp4)},
+        "empty(NULL)": {},
+        "image > max_pixels": {"image": noise_image(1500, 1400, 3)},
+        "image < min_pixels": {"image": noise_image(20, 30, 4)},
+    }
+
+
+def mixed_batch(tmp: Path, n: int = 32) -> list[dict]:
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            out.append({"text": f"item number {i} about cats"})
+        elif kind == 1:
+            out.append({"image": noise_image(40 + 8 * i, 48, 100 + i)})
+        elif kind == 2:
+            out.append({"text": f"picture {i}", "image": noise_image(64, 40 + 4 * i, 200 + i)})
+        else:
+            out.append({"text": f"short {i}", "instruction": "Find related notes"})
+    return out

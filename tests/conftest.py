@@ -1,0 +1,61 @@
+"""Shared fixtures. Expensive things (checkpoints, servers, engines) are session-scoped.
+
+vLLM engines never run inside the pytest process: offline runs happen in a worker subprocess
+(tests/integration/offline_worker.py) and servers are child process groups stopped by
+``ServerProcess.stop()``. An exit-time abort of vLLM (SPEC §4) therefore cannot change pytest's
+exit code: the worker writes its results before exiting (and exits through the exit guard), and a
+test only reads its result file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/cases.py
+
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CACHE_ROOT", str(CACHE / "vllm"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SERVER_ARGS = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.25",
+               "--max-num-seqs", "16"]
+
+
+@pytest.fixture(scope="session")
+def embedding_ckpt() -> Path:
+    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+
+    return ensure_checkpoint(CACHE / "checkpoints", kind="embedding", size="tiny")
+
+
+@pytest.fixture(scope="session")
+def instruct_ckpt() -> Path:
+    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+
+    return ensure_checkpoint(CACHE / "checkpoints", kind="instruct", size="tiny")
+
+
+@pytest.fixture(scope="session")
+def reference_embedder(embedding_ckpt):
+    from qwen3vl_vllm.reference import ReferenceEmbedder
+
+    return ReferenceEmbedder(str(embedding_ckpt))
+
+
+@pytest.fixture(scope="session")
+def embedding_server(embedding_ckpt):
+    from qwen3vl_vllm.launcher import ServerProcess
+
+    server = ServerProcess(embedding_ckpt, extra_args=SERVER_ARGS,
+                           log_path=CACHE / "logs" / "test-embedding-server.log")
+    with server:
+        yield server

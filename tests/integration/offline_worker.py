@@ -1,0 +1,57 @@
+"""Run the offline embedder on the parity cases in a separate process; write results to .npz.
+
+Usage: python offline_worker.py CHECKPOINT OUT.npz TMPDIR
+The exit guard makes this process exit 0 once the results are written, even when vLLM aborts at
+interpreter teardown (SPEC §4).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    import numpy as np
+
+    from cases import mixed_batch, noise_image, parity_cases
+    from qwen3vl_vllm.errors import InputError, MediaError
+    from qwen3vl_vllm.offline import Qwen3VLEmbedder
+
+    ckpt, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    cases = parity_cases(tmp)
+    results: dict[str, object] = {}
+    errors: dict[str, str] = {}
+    with Qwen3VLEmbedder(ckpt, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.25,
+                         max_num_seqs=16) as model:
+        names = list(cases)
+        vectors = model.process([cases[n] for n in names])
+        for name, vec in zip(names, vectors):
+            results[f"case/{name}"] = vec
+        results["raw/text"] = model.process([cases["text"]], normalize=False)[0]
+        results["dim32/text"] = model.process([cases["text"]], dimensions=32)[0]
+        results["int8/text"] = model.process([cases["text"]], precision="int8")[0]
+        results["mixed32"] = model.process(mixed_batch(tmp))
+        bad = [{"text": "ok"}, {"image": b"\x89PNG\r\n\x1a\nnot really"}, {"text": "also ok"}]
+        try:
+            model.process(bad)
+            errors["bad_item"] = "no error raised"
+        except MediaError as e:
+            errors["bad_item"] = f"{type(e).__name__}: {e}"
+        try:
+            model.process([cases["text"]], dimensions=10_000)
+            errors["bad_dimensions"] = "no error raised"
+        except InputError as e:
+            errors["bad_dimensions"] = f"{type(e).__name__}: {e}"
+        _ = noise_image
+    np.savez(out, **{k: np.asarray(v) for k, v in results.items()})
+    out.with_suffix(".json").write_text(json.dumps(errors))
+    print("offline worker: done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Offline vLLM (Qwen3VLEmbedder) vs the transformers reference on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cases import mixed_batch, parity_cases
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+TOL = 0.9999
+
+
+@pytest.fixture(scope="session")
+def offline_results(embedding_ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("offline")
+    out = tmp / "results.npz"
+    proc = subprocess.run([sys.executable, str(HERE / "offline_worker.py"), str(embedding_ckpt),
+                           str(out), str(tmp / "media")], capture_output=True, text=True, timeout=900)
+    assert out.exists(), f"offline worker wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    # The worker exits through the exit guard: its own exit code must be 0 too.
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = dict(np.load(out))
+    errors = json.loads(out.with_suffix(".json").read_text())
+    return data, errors, tmp / "media"
+
+
+CASE_NAMES = list(parity_cases(Path("/tmp/qwen3vl-case-names")))
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_offline_parity(case, offline_results, reference_embedder):
+    data, _, media = offline_results
+    ref = reference_embedder.process([parity_cases(media)[case]])[0]
+    got = data[f"case/{case}"]
+    assert got.shape == ref.shape
+    cos = float(np.dot(got, ref) / (np.linalg.norm(got) * np.linalg.norm(ref)))
+    print(f"PARITY offline {case}: cosine {cos:.7f}")
+    assert cos >= TOL, f"{case}: cosine {cos}"
+
+
+def test_offline_dimensions_are_truncate_then_l2(offline_results):
+    data, _, _ = offline_results
+    raw = data["raw/text"]
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3, "normalize=False must return the raw vector"
+    expected = raw[:32] / np.linalg.norm(raw[:32])
+    assert np.abs(data["dim32/text"] - expected).max() <= 1e-5
+
+
+def test_offline_mixed_batch_order(offline_results, reference_embedder):
+    data, _, media = offline_results
+    got = data["mixed32"]
+    ref = reference_embedder.process(mixed_batch(media), batch_size=8)
+    assert got.shape == (32, ref.shape[1])
+    cos = (got * ref).sum(axis=1)
+    assert cos.min() >= TOL, cos
+    # order: each row is closest to its own reference row
+    assert (np.argmax(got @ ref.T, axis=1) == np.arange(32)).all()
+
+
+def test_offline_bad_item_is_typed_and_named(offline_results):
+    _, errors, _ = offline_results
+    assert errors["bad_item"].startswith("MediaError: inputs[1].image[0]"), errors["bad_item"]
+    assert "decode" in errors["bad_item"]
+
+
+def test_offline_bad_dimensions(offline_results):
+    _, errors, _ = offline_results
+    assert errors["bad_dimensions"].startswith("InputError: dimensions"), errors["bad_dimensions"]
+    assert "between 1 and 64" in errors["bad_dimensions"]
+
+
+def test_offline_int8_round_trip(offline_results):
+    from qwen3vl_vllm.quantize import INT8_BOUND, dequantize_int8
+
+    data, _, _ = offline_results
+    q = data["int8/text"]
+    assert q.dtype == np.int8
+    full = data["case/text"]
+    assert np.abs(dequantize_int8(q) - full).max() <= INT8_BOUND + 1e-6

@@ -1,0 +1,109 @@
+"""EmbeddingClient against an in-process fake (httpx.MockTransport): no server needed."""
+
+import base64
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from qwen3vl_vllm import errors
+from qwen3vl_vllm.client import EmbeddingClient
+
+
+def _vec(seed, d=8):
+    v = np.random.RandomState(seed).randn(d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def fake_server(seen):
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request):
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
+        body = json.loads(request.content)
+        with lock:
+            seen.append(body)
+        last = body["messages"][-1]["content"]
+        text = "".join(p.get("text", "") for p in last if p["type"] == "text")
+        if text == "boom":
+            return httpx.Response(400, json={"error": {"message": "bad thing", "type": "BadRequestError", "code": 400}})
+        seed = int(text.split()[-1]) if text.split() and text.split()[-1].isdigit() else 0
+        time.sleep(0.01 * (seed % 3))  # answers arrive out of order
+        emb = base64.b64encode(_vec(seed).tobytes()).decode() if body["encoding_format"] == "base64" else _vec(seed).tolist()
+        return httpx.Response(200, json={"object": "list", "model": "m", "data": [{"index": 0, "object": "embedding", "embedding": emb}], "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def test_order_and_decoding():
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", http_client=fake_server(seen), max_concurrency=4)
+    out = c.embed([{"text": f"item {i}"} for i in range(10)])
+    assert out.shape == (10, 8)
+    for i in range(10):
+        assert np.allclose(out[i], _vec(i))
+    assert all(b["add_generation_prompt"] is True for b in seen)
+    assert seen[0]["messages"][0] == {"role": "system", "content": "Represent the user's input."}
+
+
+def test_image_sent_as_resized_png_data_url():
+    from PIL import Image
+
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server(seen))
+    img = Image.new("RGB", (1200, 40), (10, 20, 30))
+    c.embed([{"image": img, "text": "x 1", "instruction": "Find it"}])
+    parts = seen[0]["messages"][1]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "text"]
+    url = parts[0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    import io
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (1216, 32)
+    assert seen[0]["messages"][0]["content"] == "Find it."
+
+
+def test_http_errors_are_typed():
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server([]), max_retries=0)
+    with pytest.raises(errors.BadRequestError) as err:
+        c.embed([{"text": "ok 1"}, {"text": "boom"}])
+    assert err.value.status == 400
+    assert "inputs[1]" in str(err.value) and "bad thing" in str(err.value)
+
+
+def test_settings_resolution(monkeypatch):
+    monkeypatch.setenv("QWEN3VL_BASE_URL", "http://env-host:1/v1")
+    monkeypatch.setenv("QWEN3VL_MAX_CONCURRENCY", "3")
+    c = EmbeddingClient(http_client=fake_server([]))
+    assert c._s.base_url == "http://env-host:1/v1" and c._s.max_concurrency == 3
+    c = EmbeddingClient(base_url="http://arg/v1", max_concurrency=5, http_client=fake_server([]))
+    assert c._s.base_url == "http://arg/v1" and c._s.max_concurrency == 5
+    monkeypatch.delenv("QWEN3VL_BASE_URL")
+    assert EmbeddingClient(http_client=fake_server([]))._s.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_connection_error_is_typed():
+    def down(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", max_retries=0,
+                        http_client=httpx.Client(transport=httpx.MockTransport(down)))
+    with pytest.raises(errors.APIConnectionError, match="inputs\\[0\\]"):
+        c.embed([{"text": "x"}])
+
+
+def test_bad_media_fails_before_sending():
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server(seen))
+    with pytest.raises(errors.MediaError, match=r"^inputs\[1\]\.image\[0\]"):
+        c.embed([{"text": "a 1"}, {"image": b"garbage"}])
+    assert seen == []
+
+
+def test_keyword_only():
+    with pytest.raises(TypeError):
+        EmbeddingClient("http://x/v1")  # noqa

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from qwen3vl_vllm import inputs as I
+from qwen3vl_vllm.errors import InputError
+
+
+@pytest.mark.parametrize("given,expected", [
+    (None, "Represent the user's input."),
+    ("", "Represent the user's input."),
+    ("   ", "Represent the user's input."),
+    ("Find cats", "Find cats."),
+    ("  Find cats  ", "Find cats."),
+    ("Find cats?", "Find cats?"),
+    ("Find cats!", "Find cats!"),
+    ("找猫。", "找猫。"),          # CJK full stop is Unicode punctuation (Po)
+    ("quote «x»", "quote «x»"),    # Pf
+    ("ends with digit 3", "ends with digit 3."),
+    ("ends with symbol $", "ends with symbol $."),  # Sc is not punctuation
+])
+def test_instruction_rule(given, expected):
+    assert I.format_instruction(given) == expected
+
+
+def test_part_order_videos_images_texts():
+    conv = I.embedding_conversation({"text": "t", "image": "a.png", "video": "v.mp4"})
+    types = [p["type"] for p in conv[1]["content"]]
+    assert types == ["video", "image", "text"]
+    assert conv[0] == {"role": "system", "content": [{"type": "text", "text": "Represent the user's input."}]}
+
+
+def test_null_only_when_nothing_given():
+    for empty in ({}, {"text": None}, {"text": []}, {"image": []}):
+        assert I.embedding_conversation(empty)[1]["content"] == [{"type": "text", "text": "NULL"}]
+    assert I.embedding_conversation({"text": ""})[1]["content"] == [{"type": "text", "text": ""}]
+
+
+def test_pixel_and_frame_settings():
+    conv = I.embedding_conversation({"image": "a.png", "video": "v.mp4", "fps": 2.0, "max_frames": 8})
+    video, image = conv[1]["content"]
+    assert video == {"type": "video", "video": "v.mp4", "fps": 2.0, "max_frames": 8}
+    assert image["min_pixels"] == 4096 and image["max_pixels"] == 1843200
+    frames = I.embedding_conversation({"video": [f"f{i}.png" for i in range(5)], "max_frames": 8})
+    part = frames[1]["content"][0]
+    assert part["total_pixels"] == 7864320 and "fps" not in part
+    assert len(part["video"]) == 64  # reduced/expanded to the constructor's max_frames
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 63, 64, 65, 200])
+@pytest.mark.parametrize("m", [2, 7, 64])
+def test_frame_sampling_matches_numpy_linspace(n, m):
+    frames = list(range(n))
+    expected = [frames[i] for i in np.linspace(0, n - 1, m).astype(int)]
+    assert I.sample_frame_list(frames, m) == expected
+
+
+def test_split_videos():
+    assert I.split_videos("a.mp4") == ["a.mp4"]
+    assert I.split_videos(["a.mp4", "b.webm"]) == ["a.mp4", "b.webm"]
+    assert I.split_videos(["f1.png", "f2.png"]) == [["f1.png", "f2.png"]]
+    assert I.split_videos([["f1.png"], ["f2.png"]]) == [["f1.png"], ["f2.png"]]
+
+
+def test_unknown_key_is_rejected_by_name():
+    with pytest.raises(InputError) as err:
+        I.embedding_conversation({"txt": "typo"}, index=4)
+    assert "inputs[4]" in str(err.value) and "'txt'" in str(err.value)
+
+
+def test_wrong_types_are_named():
+    with pytest.raises(InputError, match=r"inputs\[0\].text\[0\]"):
+        I.embedding_conversation({"text": 3}, index=0)
+    with pytest.raises(InputError, match=r"inputs\[2\].max_frames"):
+        I.embedding_conversation({"text": "x", "max_frames": 0}, index=2)
+
+
+def test_rerank_request_rules():
+    req = I.rerank_request({"query": {"text": "q"}, "documents": [{"text": "d"}, {}]})
+    assert req.instruction == I.DEFAULT_RERANK_INSTRUCTION
+    assert req.documents[1] == [{"type": "text", "text": "NULL"}]
+    with pytest.raises(InputError, match="documents"):
+        I.rerank_request({"query": {"text": "q"}, "documents": []})
+    with pytest.raises(InputError, match="query"):
+        I.rerank_request({"query": {}, "documents": [{"text": "d"}]})
+    conv = I.rerank_conversation("Inst", [{"type": "text", "text": "q"}], [{"type": "text", "text": "d"}])
+    texts = "".join(p["text"] for p in conv[1]["content"])
+    assert texts == "<Instruct>: Inst<Query>:q\n<Document>:d"

@@ -1,0 +1,112 @@
+"""media.py against qwen-vl-utils itself (the reference's preprocessing)."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen3vl_vllm import media as M
+from qwen3vl_vllm.errors import MediaError
+
+
+@pytest.mark.parametrize("h,w", [(40, 1200), (100, 150), (20, 30), (1400, 1500), (3000, 2000),
+                                 (33, 33), (48, 80), (1, 150), (999, 1001)])
+def test_smart_resize_matches_qwen_vl_utils(h, w):
+    from qwen_vl_utils import smart_resize
+
+    ours = M.smart_resize(h, w, factor=32, min_pixels=4096, max_pixels=1843200)
+    assert ours == smart_resize(h, w, factor=32, min_pixels=4096, max_pixels=1843200)
+
+
+def test_known_resize():
+    assert M.smart_resize(40, 1200, factor=32, min_pixels=4096, max_pixels=1843200) == (32, 1216)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        M.smart_resize(1, 300, factor=32, min_pixels=4096, max_pixels=1843200)
+
+
+def _img(mode, w=123, h=77, seed=0):
+    arr = (np.random.RandomState(seed).rand(h, w, 4) * 255).astype("uint8")
+    return Image.fromarray(arr, "RGBA").convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "L", "P"])
+def test_fetch_image_pixels_match_qwen_vl_utils(mode, tmp_path):
+    from qwen_vl_utils.vision_process import fetch_image
+
+    img = _img(mode)
+    path = tmp_path / "x.png"
+    img.save(path)
+    raw = path.read_bytes()
+    sources = [img, str(path), "file://" + str(path), raw,
+               "data:image/png;base64," + base64.b64encode(raw).decode()]
+    expected = np.array(fetch_image({"image": str(path), "min_pixels": 4096, "max_pixels": 1843200},
+                                    image_patch_size=16))
+    for src in sources:
+        got = M.fetch_image({"image": src, "min_pixels": 4096, "max_pixels": 1843200})
+        assert np.array_equal(np.array(got), expected), (mode, type(src))
+
+
+def test_frame_list_matches_qwen_vl_utils():
+    from qwen_vl_utils.vision_process import fetch_video
+
+    frames = [_img("RGB", 80, 64, seed=i) for i in range(5)]
+    part = {"type": "video", "video": frames, "total_pixels": 7864320}
+    (ref, ref_meta), ref_fps = fetch_video(part, image_patch_size=16, return_video_sample_fps=True,
+                                           return_video_metadata=True)
+    clip, meta = M.fetch_video(part)
+    assert clip.shape == ref.shape
+    assert float((clip - ref).abs().max()) == 0.0
+    assert meta["fps"] == ref_meta["fps"] == ref_fps == 2.0
+    assert list(meta["frames_indices"]) == list(ref_meta["frames_indices"])
+
+
+def test_video_file_sampling_matches_qwen_vl_utils(tmp_path):
+    import torch
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    for total, vfps, fps, mf in [(12, 4.0, 1.0, 64), (300, 30.0, 1.0, 64), (300, 30.0, 2.0, 16),
+                                 (7, 25.0, 1.0, 64)]:
+        ele = {"fps": fps, "max_frames": mf}
+        assert M.smart_nframes(total, vfps, fps=fps, max_frames=mf) == smart_nframes(ele, total, vfps)
+    _ = torch
+
+
+@pytest.mark.parametrize("src,fragment", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00garbage", "cannot decode image"),
+    (b"", "empty"),
+    ("data:image/png;base64,Zm9vYmFy", "not a recognised image format"),
+    ("ftp://example.invalid/x.png", "unsupported URL scheme"),
+    ("/nonexistent/file.png", "file not found"),
+])
+def test_bad_images_raise_named_media_errors(src, fragment):
+    with pytest.raises(MediaError) as err:
+        M.load_image(src, "inputs[7].image[0]")
+    assert str(err.value).startswith("inputs[7].image[0]:")
+    assert fragment in str(err.value)
+
+
+def test_truncated_png(tmp_path):
+    buf = io.BytesIO()
+    _img("RGB", 200, 200).save(buf, format="PNG")
+    with pytest.raises(MediaError, match="inputs\\[0\\]"):
+        M.load_image(buf.getvalue()[:300], "inputs[0]")
+
+
+def test_local_root_policy(tmp_path):
+    inside = tmp_path / "ok"
+    inside.mkdir()
+    img_path = inside / "a.png"
+    _img("RGB").save(img_path)
+    outside = tmp_path / "b.png"
+    _img("RGB").save(outside)
+    policy = M.MediaPolicy(local_root=str(inside))
+    assert M.load_image(str(img_path), "x", policy).size == (123, 77)
+    with pytest.raises(MediaError, match="outside the allowed folder"):
+        M.load_image(str(inside / ".." / "b.png"), "x", policy)
+    (inside / "link.png").symlink_to(outside)
+    with pytest.raises(MediaError, match="outside the allowed folder"):
+        M.load_image(str(inside / "link.png"), "x", policy)
+    with pytest.raises(MediaError, match="disabled"):
+        M.load_image(str(img_path), "x", M.MediaPolicy(allow_local_files=False))

@@ -1,0 +1,85 @@
+import json
+import types
+
+import pytest
+
+from qwen3vl_vllm import plugin
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv(plugin.KIND_ENV, raising=False)
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("Qwen/Qwen3-VL-Embedding-2B", "embedding"),
+    ("Qwen/Qwen3-VL-Embedding-8B", "embedding"),
+    ("/models/qwen3-vl-reranker-8b", "reranker"),
+    ("Qwen/Qwen3-VL-2B-Instruct", None),
+    ("Qwen/Qwen3-Embedding-0.6B", None),
+    ("", None),
+])
+def test_detect_by_name(name, kind):
+    assert plugin.detect_kind(name) == kind
+
+
+def _ckpt(tmp_path, name, **cfg):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    return str(d)
+
+
+def test_detect_by_config(tmp_path, monkeypatch):
+    assert plugin.detect_kind(_ckpt(tmp_path, "a", model_type="qwen3_vl", qwen3vl_vllm_kind="reranker")) == "reranker"
+    # the name says embedding but it is not a Qwen3-VL checkpoint: leave it alone
+    assert plugin.detect_kind(_ckpt(tmp_path, "Qwen3-VL-Embedding-x", model_type="llama")) is None
+    assert plugin.detect_kind(_ckpt(tmp_path, "Qwen3-VL-Embedding-y", model_type="qwen3_vl")) == "embedding"
+    monkeypatch.setenv(plugin.KIND_ENV, "none")
+    assert plugin.detect_kind("Qwen/Qwen3-VL-Embedding-2B") is None
+
+
+def _args(model, **kw):
+    base = dict(model=model, runner="auto", convert="auto", pooler_config=None, hf_overrides=None,
+                mm_processor_kwargs=None, media_io_kwargs={}, max_model_len=None,
+                max_num_batched_tokens=None)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def test_user_settings_win():
+    args = _args("Qwen/Qwen3-VL-Embedding-2B", max_model_len=2048, hf_overrides={"foo": 1},
+                 mm_processor_kwargs={"images_kwargs": {"max_pixels": 100000}})
+    pytest.importorskip("vllm")
+    assert plugin.apply_engine_defaults(args) == "embedding"
+    assert args.runner == "pooling" and args.convert == "embed"
+    assert args.max_model_len == 2048
+    assert args.hf_overrides == {"is_matryoshka": True, "foo": 1}
+    assert args.mm_processor_kwargs == {"images_kwargs": {"max_pixels": 100000}}
+    assert args.media_io_kwargs == {"video": {"num_frames": -1, "fps": 2.0}}
+
+
+def test_untouched_args_for_other_models():
+    args = _args("Qwen/Qwen3-VL-2B-Instruct")
+    before = dict(vars(args))
+    assert plugin.apply_engine_defaults(args) is None
+    assert vars(args) == before
+
+
+def test_serve_defaults_template():
+    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None, chat_template=None)
+    assert plugin.apply_serve_defaults(ns) == "reranker"
+    assert ns.chat_template.endswith("reranker.jinja")
+    ns = types.SimpleNamespace(model_tag=None, model="x/other", chat_template=None)
+    assert plugin.apply_serve_defaults(ns) is None and ns.chat_template is None
+
+
+def test_embedding_template_renders_reference_prompt():
+    import jinja2
+
+    tpl = jinja2.Environment().from_string(open(plugin.chat_template_path("embedding")).read())
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
+                                          {"type": "text", "text": "a cat"}]}]
+    assert tpl.render(messages=msgs) == (
+        "<|im_start|>system\nRepresent the user's input.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>a cat<|im_end|>\n<|im_start|>assistant\n")
