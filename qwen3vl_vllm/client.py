@@ -129,8 +129,21 @@ def _map_openai_error(exc: Exception, where: str) -> Exception:
     return exc
 
 
-class EmbeddingClient:
-    """Embeddings from a qwen3vl-vllm (or plain vLLM) server, identical to the reference."""
+def _check_dimensions(dimensions: Any) -> None:
+    if dimensions is None:
+        return
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+        raise InputError("dimensions", f"must be a positive whole number, got {dimensions!r}",
+                         "Use e.g. 64, 128, 256 ... up to the model's size")
+
+
+def _check_list(inputs: Any) -> None:
+    if isinstance(inputs, Mapping):
+        raise InputError("inputs", "expected a list of input dicts, got one dict", "Wrap it in a list")
+
+
+class _Client:
+    """Settings, model lookup, typed errors and lifetime shared by the sync clients."""
 
     def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
                  model: str | None = None, timeout: float | None = None,
@@ -148,6 +161,7 @@ class EmbeddingClient:
 
     @property
     def model(self) -> str:
+        """The served model name (argument, ``QWEN3VL_MODEL``, else the server's first model)."""
         if self._s.model is None:
             try:
                 self._s.model = self._openai.models.list().data[0].id
@@ -155,48 +169,11 @@ class EmbeddingClient:
                 raise _map_openai_error(e, "models") from None
         return self._s.model
 
-    def request_body(self, item: Mapping[str, Any], *, index: int, instruction: str | None,
-                     dimensions: int | None, encoding_format: str) -> dict:
-        body = {
-            "model": self.model,
-            "messages": embedding_messages(item, index=index, instruction=instruction,
-                                           settings=self._s.settings, policy=self._s.policy),
-            "add_generation_prompt": True,
-            "encoding_format": encoding_format,
-        }
-        if dimensions is not None:
-            body["dimensions"] = dimensions
-        return body
-
-    def _post(self, body: dict, where: str):
+    def _call(self, path: str, body: dict, where: str) -> Any:
         try:
-            resp = self._openai.post("/embeddings", body=body, cast_to=object)
+            return self._openai.post(path, body=body, cast_to=object)
         except Exception as e:  # noqa: BLE001
             raise _map_openai_error(e, where) from None
-        return _decode_embedding(resp["data"][0]["embedding"])
-
-    def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
-              dimensions: int | None = None, encoding_format: str = "base64",
-              precision: str = "float32"):
-        """Embed every input (one request each, bounded concurrency) -> array in input order.
-
-        Vectors travel as base64 float32 by default; ``precision`` packs them afterwards
-        ("int8", "binary", "ubinary"; see ``quantize``).
-        """
-        import numpy as np
-
-        from .quantize import quantize
-
-        if isinstance(inputs, Mapping):
-            raise InputError("inputs", "expected a list of input dicts, got one dict", "Wrap it in a list")
-        _check_dimensions(dimensions)
-        bodies = [self.request_body(item, index=i, instruction=instruction, dimensions=dimensions,
-                                    encoding_format=encoding_format) for i, item in enumerate(inputs)]
-        if not bodies:
-            return np.zeros((0, dimensions or 0), dtype=np.float32)
-        with ThreadPoolExecutor(max_workers=min(self._s.max_concurrency, len(bodies))) as pool:
-            vectors = list(pool.map(lambda ib: self._post(ib[1], f"inputs[{ib[0]}]"), enumerate(bodies)))
-        return quantize(np.stack(vectors), precision)
 
     def close(self) -> None:
         self._openai.close()
@@ -209,8 +186,8 @@ class EmbeddingClient:
         return False
 
 
-class AsyncEmbeddingClient:
-    """The async twin of ``EmbeddingClient`` (same settings, ``await client.embed(...)``)."""
+class _AsyncClient:
+    """The async counterpart of ``_Client``."""
 
     def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
                  model: str | None = None, timeout: float | None = None,
@@ -235,37 +212,11 @@ class AsyncEmbeddingClient:
                 raise _map_openai_error(e, "models") from None
         return self._s.model
 
-    async def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
-                    dimensions: int | None = None, encoding_format: str = "base64"):
-        import numpy as np
-
-        if isinstance(inputs, Mapping):
-            raise InputError("inputs", "expected a list of input dicts, got one dict", "Wrap it in a list")
-        _check_dimensions(dimensions)
-        model = await self.model()
-        bodies = []
-        for i, item in enumerate(inputs):
-            body = {"model": model,
-                    "messages": embedding_messages(item, index=i, instruction=instruction,
-                                                   settings=self._s.settings, policy=self._s.policy),
-                    "add_generation_prompt": True, "encoding_format": encoding_format}
-            if dimensions is not None:
-                body["dimensions"] = dimensions
-            bodies.append(body)
-        sem = asyncio.Semaphore(self._s.max_concurrency)
-
-        async def one(i: int, body: dict):
-            async with sem:
-                try:
-                    resp = await self._openai.post("/embeddings", body=body, cast_to=object)
-                except Exception as e:  # noqa: BLE001
-                    raise _map_openai_error(e, f"inputs[{i}]") from None
-                return _decode_embedding(resp["data"][0]["embedding"])
-
-        vectors = await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
-        if not vectors:
-            return np.zeros((0, dimensions or 0), dtype=np.float32)
-        return np.stack(vectors)
+    async def _call(self, path: str, body: dict, where: str) -> Any:
+        try:
+            return await self._openai.post(path, body=body, cast_to=object)
+        except Exception as e:  # noqa: BLE001
+            raise _map_openai_error(e, where) from None
 
     async def close(self) -> None:
         await self._openai.close()
@@ -278,9 +229,81 @@ class AsyncEmbeddingClient:
         return False
 
 
-def _check_dimensions(dimensions: Any) -> None:
-    if dimensions is None:
-        return
-    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
-        raise InputError("dimensions", f"must be a positive whole number, got {dimensions!r}",
-                         "Use e.g. 64, 128, 256 ... up to the model's size")
+def embedding_body(item: Mapping[str, Any], *, index: int, model: str, instruction: str | None,
+                   dimensions: int | None, encoding_format: str, settings: I.MediaSettings,
+                   policy: M.MediaPolicy) -> dict:
+    """The ``/v1/embeddings`` request body for one input dict."""
+    body = {
+        "model": model,
+        "messages": embedding_messages(item, index=index, instruction=instruction,
+                                       settings=settings, policy=policy),
+        "add_generation_prompt": True,
+        "encoding_format": encoding_format,
+    }
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    return body
+
+
+class EmbeddingClient(_Client):
+    """Embeddings from a qwen3vl-vllm (or plain vLLM) server, identical to the reference."""
+
+    def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
+              dimensions: int | None = None, encoding_format: str = "base64",
+              precision: str = "float32"):
+        """Embed every input (one request each, bounded concurrency) -> array in input order.
+
+        Vectors travel as base64 float32 by default; ``precision`` packs them afterwards
+        ("int8", "binary", "ubinary"; see ``quantize``). Media errors are raised, naming the
+        item, before any request is sent.
+        """
+        import numpy as np
+
+        from .quantize import quantize
+
+        _check_list(inputs)
+        _check_dimensions(dimensions)
+        bodies = [embedding_body(item, index=i, model=self.model, instruction=instruction,
+                                 dimensions=dimensions, encoding_format=encoding_format,
+                                 settings=self._s.settings, policy=self._s.policy)
+                  for i, item in enumerate(inputs)]
+        if not bodies:
+            return np.zeros((0, dimensions or 0), dtype=np.float32)
+
+        def one(i: int):
+            resp = self._call("/embeddings", bodies[i], f"inputs[{i}]")
+            return _decode_embedding(resp["data"][0]["embedding"])
+
+        with ThreadPoolExecutor(max_workers=min(self._s.max_concurrency, len(bodies))) as pool:
+            vectors = list(pool.map(one, range(len(bodies))))
+        return quantize(np.stack(vectors), precision)
+
+
+class AsyncEmbeddingClient(_AsyncClient):
+    """The async twin of ``EmbeddingClient`` (same settings, ``await client.embed(...)``)."""
+
+    async def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
+                    dimensions: int | None = None, encoding_format: str = "base64",
+                    precision: str = "float32"):
+        import numpy as np
+
+        from .quantize import quantize
+
+        _check_list(inputs)
+        _check_dimensions(dimensions)
+        model = await self.model()
+        bodies = [embedding_body(item, index=i, model=model, instruction=instruction,
+                                 dimensions=dimensions, encoding_format=encoding_format,
+                                 settings=self._s.settings, policy=self._s.policy)
+                  for i, item in enumerate(inputs)]
+        sem = asyncio.Semaphore(self._s.max_concurrency)
+
+        async def one(i: int):
+            async with sem:
+                resp = await self._call("/embeddings", bodies[i], f"inputs[{i}]")
+            return _decode_embedding(resp["data"][0]["embedding"])
+
+        vectors = await asyncio.gather(*(one(i) for i in range(len(bodies))))
+        if not vectors:
+            return np.zeros((0, dimensions or 0), dtype=np.float32)
+        return quantize(np.stack(vectors), precision)

@@ -288,3 +288,42 @@ def rerank_conversation(instruction: str, query: list[dict], document: list[dict
 
 def with_settings(settings: MediaSettings, **changes: Any) -> MediaSettings:
     return replace(settings, **changes)
+
+
+RERANK_SUFFIX_TOKENS = 5  # <|im_end|> \n <|im_start|> assistant \n
+
+
+def plain_token_budget(n_tokens: int, n_special: int, max_length: int,
+                       suffix: int = RERANK_SUFFIX_TOKENS) -> int | None:
+    """How many plain (non-special) body tokens the reranker keeps, or None if nothing is cut.
+
+    The reference tokenises the whole pair; when it is longer than ``max_length`` it keeps every
+    special token of the body (all but the last ``suffix`` tokens), keeps the first plain tokens
+    that still fit, and puts the suffix back. ``n_special`` counts the body's special tokens,
+    media pads included (after expansion).
+    """
+    if n_tokens <= max_length:
+        return None
+    return max(0, max_length - suffix - n_special)
+
+
+def truncate_pair_tokens(ids: list[int], special_ids: set[int], max_length: int, *,
+                         extra_special: int = 0, suffix: int = RERANK_SUFFIX_TOKENS) -> list[int]:
+    """Apply the reference's reranker truncation to token ids (see ``plain_token_budget``).
+
+    ``extra_special`` counts special tokens not present in ``ids`` yet (media pads that the
+    engine expands later), so the budget is the reference's.
+    """
+    body, tail = ids[:-suffix], ids[-suffix:]
+    n_special = sum(1 for t in body if t in special_ids) + extra_special
+    keep = plain_token_budget(len(ids) + extra_special, n_special, max_length, suffix)
+    if keep is None:
+        return list(ids)
+    out = []
+    for t in body:
+        if t in special_ids:
+            out.append(t)
+        elif keep > 0:
+            out.append(t)
+            keep -= 1
+    return out + list(tail)

@@ -172,6 +172,12 @@ class Qwen3VLReranker(_Engine):
 
     kind = "reranker"
 
+    def __init__(self, model_name_or_path: str, *, max_length: int = I.RERANK_MAX_LENGTH,
+                 **kwargs: Any):
+        kwargs.setdefault("max_model_len", max_length)
+        self.max_length = max_length
+        super().__init__(model_name_or_path, **kwargs)
+
     def pair_prompts(self, inputs: Mapping[str, Any]) -> list[dict]:
         req = I.rerank_request(inputs, settings=self.settings)
         out = []
@@ -184,8 +190,20 @@ class Qwen3VLReranker(_Engine):
     def _pair_prompt(self, conversation, parts, where):
         chat = self.tokenizer.apply_chat_template(conversation, tokenize=False,
                                                   add_generation_prompt=True)
-        prompt: dict = {"prompt": chat}
         data, _ = self._multimodal(parts, where)
+        ids = self.tokenizer(chat, add_special_tokens=False)["input_ids"]
+        # media pads the engine will add: one token per 32x32 pixels of each resized image
+        extra = sum((im.width // I.IMAGE_FACTOR) * (im.height // I.IMAGE_FACTOR) - 1
+                    for im in data.get("image", []))
+        prompt: dict = {"prompt": chat}
+        if len(ids) + extra > self.max_length:
+            if data.get("video"):
+                raise InputError(where, f"the pair is longer than max_length={self.max_length} "
+                                 "tokens and contains a video; truncation with videos is not "
+                                 "supported", "Shorten the texts or use fewer frames")
+            special = set(self.tokenizer.all_special_ids)
+            prompt = {"prompt_token_ids": I.truncate_pair_tokens(ids, special, self.max_length,
+                                                                 extra_special=extra)}
         if data:
             prompt["multi_modal_data"] = data
             prompt["mm_processor_kwargs"] = {"do_resize": False}

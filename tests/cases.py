@@ -88,3 +88,42 @@ def mixed_batch(tmp: Path, n: int = 32) -> list[dict]:
         else:
             out.append({"text": f"short {i}", "instruction": "Find related notes"})
     return out
+
+
+LONG_TEXT = "hello world " * 6000  # ~12,000 tokens: longer than the reranker's 10,240
+
+
+def rerank_cases(tmp: Path) -> dict[str, dict]:
+    """Case name -> upstream reranker input dict."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    img = noise_image(150, 100, 1)
+    mp4 = tmp / "clip.mp4"
+    if not mp4.exists():
+        write_mp4(mp4)
+    q = {"text": "a cat sitting on a mat"}
+    return {
+        "text->text": {"query": q, "documents": [{"text": "a cat"}, {"text": "the stock market"}]},
+        "text->image": {"query": q, "documents": [{"image": img}]},
+        "image->text": {"query": {"image": img}, "documents": [{"text": "a noisy picture"}]},
+        "text->text+image": {"query": q, "documents": [{"text": "a noisy picture", "image": img}]},
+        "text->video(frames)": {"query": q, "documents": [{"video": frames(5)}]},
+        "text->video(mp4)": {"query": q, "documents": [{"video": str(mp4)}]},
+        "video->text": {"query": {"video": frames(4, seed=40)}, "documents": [{"text": "moving dots"}]},
+        "custom instruction": {"query": q, "documents": [{"text": "a cat"}],
+                               "instruction": "Find documents about pets"},
+        "no instruction": {"query": q, "documents": [{"text": "a cat"}], "instruction": None},
+        "empty document(NULL)": {"query": q, "documents": [{}]},
+        "over max_length": {"query": q, "documents": [{"text": LONG_TEXT}]},
+    }
+
+
+def twenty_documents() -> dict:
+    docs = []
+    for i in range(20):
+        if i % 3 == 0:
+            docs.append({"text": f"document {i} about cats and mats"})
+        elif i % 3 == 1:
+            docs.append({"image": noise_image(48 + 4 * i, 64, 300 + i)})
+        else:
+            docs.append({"text": f"caption {i}", "image": noise_image(64, 40 + 2 * i, 400 + i)})
+    return {"query": {"text": "a cat sitting on a mat"}, "documents": docs}

@@ -59,3 +59,27 @@ def embedding_server(embedding_ckpt):
                            log_path=CACHE / "logs" / "test-embedding-server.log")
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def reranker_ckpt() -> Path:
+    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+
+    return ensure_checkpoint(CACHE / "checkpoints", kind="reranker", size="tiny")
+
+
+@pytest.fixture(scope="session")
+def reference_reranker(reranker_ckpt):
+    from qwen3vl_vllm.reference import ReferenceReranker
+
+    return ReferenceReranker(str(reranker_ckpt))
+
+
+@pytest.fixture(scope="session")
+def reranker_server(reranker_ckpt):
+    from qwen3vl_vllm.launcher import ServerProcess
+
+    server = ServerProcess(reranker_ckpt, extra_args=SERVER_ARGS,
+                           log_path=CACHE / "logs" / "test-reranker-server.log")
+    with server:
+        yield server
