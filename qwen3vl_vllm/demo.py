@@ -1,4 +1,4 @@
-"""The demo: tiny checkpoint -> embedding server on 127.0.0.1 -> client -> similarity matrix.
+"""The demo: tiny checkpoints -> embedding and reranker servers on 127.0.0.1 -> clients.
 
 Everything is generated locally (checkpoint, image, video frames). The server is always stopped
 and the demo's exit code never depends on the server's own exit (SPEC §4 abort).
@@ -34,21 +34,30 @@ def run(root: str | os.PathLike = ".cache", port: int | None = None) -> int:
     from .checkpoint import ensure_checkpoint
     from .client import EmbeddingClient
     from .launcher import ServerProcess, vllm_env
+    from .rerank_client import RerankClient
 
     root = Path(root).resolve()
     t0 = time.monotonic()
-    print("[demo] building the tiny Qwen3-VL-Embedding checkpoint ...", flush=True)
-    ckpt = ensure_checkpoint(root / "checkpoints", kind="embedding", size="tiny")
-    print(f"[demo] checkpoint: {ckpt}", flush=True)
-    args = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3",
+    print("[demo] building the tiny Qwen3-VL-Embedding and -Reranker checkpoints ...", flush=True)
+    emb_ckpt = ensure_checkpoint(root / "checkpoints", kind="embedding", size="tiny")
+    rr_ckpt = ensure_checkpoint(root / "checkpoints", kind="reranker", size="tiny")
+    args = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.25",
             "--max-num-seqs", "8"]
-    log = root / "logs" / "demo-embedding-server.log"
-    print("[demo] starting `vllm serve` on 127.0.0.1 (plugin flags only: none) ...", flush=True)
-    server = ServerProcess(ckpt, port=port, extra_args=args, log_path=log,
-                           env=vllm_env(root / "vllm"))
-    with server:
-        print(f"[demo] server healthy at {server.base_url} after {time.monotonic() - t0:.0f}s", flush=True)
-        image, frames = demo_media()
+    env = vllm_env(root / "vllm")
+    print("[demo] starting two `vllm serve` processes on 127.0.0.1 (no model flags: the plugin "
+          "configures both) ...", flush=True)
+    emb = ServerProcess(emb_ckpt, port=port, extra_args=args, env=env,
+                        log_path=root / "logs" / "demo-embedding-server.log")
+    rr = ServerProcess(rr_ckpt, extra_args=args, env=env,
+                       log_path=root / "logs" / "demo-reranker-server.log")
+    image, frames = demo_media()
+    try:
+        emb.start()
+        rr.start()
+        emb.wait_healthy()
+        rr.wait_healthy()
+        print(f"[demo] servers healthy after {time.monotonic() - t0:.0f}s: embedding "
+              f"{emb.base_url}, reranker {rr.base_url}", flush=True)
         items = [
             {"text": "A yellow sun over a green field."},
             {"image": image},
@@ -56,9 +65,17 @@ def run(root: str | os.PathLike = ".cache", port: int | None = None) -> int:
             {"video": frames},
         ]
         labels = ["text", "image", "text+image", "video"]
-        with EmbeddingClient(base_url=server.base_url) as client:
+        with EmbeddingClient(base_url=emb.base_url) as client:
             vectors = client.embed(items)
             small = client.embed(items, dimensions=32)
+        query = {"text": "A sunny day in the countryside"}
+        docs = [{"text": "A yellow sun over a green field."}, {"image": image},
+                {"text": "A yellow sun over a green field.", "image": image}]
+        with RerankClient(base_url=rr.base_url) as rclient:
+            hits = rclient.rerank(query, docs)
+    finally:
+        emb.stop()
+        rr.stop()
     print(f"[demo] embeddings: {vectors.shape[0]} x {vectors.shape[1]} (L2 norms "
           f"{', '.join(f'{n:.4f}' for n in np.linalg.norm(vectors, axis=1))})")
     print("[demo] cosine similarity matrix:")
@@ -66,7 +83,11 @@ def run(root: str | os.PathLike = ".cache", port: int | None = None) -> int:
     for label, row in zip(labels, vectors @ vectors.T):
         print(f"{label:>12}" + "".join(f"{v:12.4f}" for v in row))
     print(f"[demo] Matryoshka dimensions=32: shape {small.shape}")
-    print(f"[demo] server stopped; total {time.monotonic() - t0:.0f}s")
+    print(f"[demo] rerank, query {query['text']!r}:")
+    doc_labels = ["text", "image", "text+image"]
+    for hit in hits:
+        print(f"[demo]   documents[{hit.index}] ({doc_labels[hit.index]:>10}): {hit.relevance_score:.4f}")
+    print(f"[demo] servers stopped; total {time.monotonic() - t0:.0f}s")
     return 0
 
 

@@ -70,6 +70,10 @@ class ServerProcess:
         self._log = None
 
     @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 

@@ -48,6 +48,7 @@ _NAME_RULES = (
     (re.compile(r"qwen3[-_]?vl[-_]?reranker", re.I), "reranker"),
 )
 _STATE: dict[str, Any] = {"registered": False, "patched": []}
+MIDDLEWARE = "qwen3vl_vllm.server_errors.NameBadItemsMiddleware"
 
 
 def detect_kind(model: str | os.PathLike | None) -> str | None:
@@ -177,9 +178,15 @@ def apply_engine_defaults(args: Any) -> str | None:
 def apply_serve_defaults(args: Any) -> str | None:
     """Fill the server's argparse namespace (chat template) for a detected checkpoint."""
     kind = detect_kind(getattr(args, "model_tag", None) or getattr(args, "model", None))
-    if kind is not None and getattr(args, "chat_template", None) is None:
+    if kind is None:
+        return None
+    if getattr(args, "chat_template", None) is None:
         args.chat_template = chat_template_path(kind)
         logger.info("qwen3vl-vllm: %s checkpoint: chat template %s", kind, args.chat_template)
+    middleware = list(getattr(args, "middleware", None) or [])
+    if MIDDLEWARE not in middleware:
+        args.middleware = middleware + [MIDDLEWARE]
+        logger.info("qwen3vl-vllm: middleware %s (names the bad item in media errors)", MIDDLEWARE)
     return kind
 
 

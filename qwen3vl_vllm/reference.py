@@ -140,23 +140,25 @@ class ReferenceReranker(_Base):
         import torch
 
         ids = batch["input_ids"][0]
-        if ids.shape[0] <= self.max_length:
+        n = ids.shape[0]
+        if n <= self.max_length:
             return batch
         special = set(self.processor.tokenizer.all_special_ids)
-        body, suffix = ids[:-SUFFIX_TOKENS].tolist(), ids[-SUFFIX_TOKENS:].tolist()
-        budget = self.max_length - SUFFIX_TOKENS
+        body = ids[:-SUFFIX_TOKENS].tolist()
         n_special = sum(1 for t in body if t in special)
-        keep_plain = max(0, budget - n_special)
-        kept = []
-        for t in body:
+        keep_plain = max(0, self.max_length - SUFFIX_TOKENS - n_special)
+        positions = []
+        for pos, t in enumerate(body):
             if t in special:
-                kept.append(t)
+                positions.append(pos)
             elif keep_plain > 0:
-                kept.append(t)
+                positions.append(pos)
                 keep_plain -= 1
-        new_ids = torch.tensor([kept + suffix])
-        batch["input_ids"] = new_ids
-        batch["attention_mask"] = torch.ones_like(new_ids)
+        positions += list(range(n - SUFFIX_TOKENS, n))
+        index = torch.tensor(positions)
+        for key, value in list(batch.items()):  # every per-token tensor (ids, mask, token types)
+            if torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == n:
+                batch[key] = value[:, index]
         return batch
 
     def process(self, inputs: Mapping[str, Any]) -> list[float]:

@@ -67,11 +67,19 @@ def test_untouched_args_for_other_models():
 
 
 def test_serve_defaults_template():
-    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None, chat_template=None)
+    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None, chat_template=None,
+                               middleware=[])
     assert plugin.apply_serve_defaults(ns) == "reranker"
     assert ns.chat_template.endswith("reranker.jinja")
-    ns = types.SimpleNamespace(model_tag=None, model="x/other", chat_template=None)
-    assert plugin.apply_serve_defaults(ns) is None and ns.chat_template is None
+    assert ns.middleware == [plugin.MIDDLEWARE]
+    plugin.apply_serve_defaults(ns)
+    assert ns.middleware == [plugin.MIDDLEWARE]  # idempotent
+    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None,
+                               chat_template="/mine.jinja", middleware=[])
+    plugin.apply_serve_defaults(ns)
+    assert ns.chat_template == "/mine.jinja"  # the user's flag wins
+    ns = types.SimpleNamespace(model_tag=None, model="x/other", chat_template=None, middleware=[])
+    assert plugin.apply_serve_defaults(ns) is None and ns.chat_template is None and ns.middleware == []
 
 
 def test_embedding_template_renders_reference_prompt():
@@ -83,3 +91,19 @@ def test_embedding_template_renders_reference_prompt():
     assert tpl.render(messages=msgs) == (
         "<|im_start|>system\nRepresent the user's input.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>a cat<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_reranker_template_renders_reference_prompt():
+    import jinja2
+
+    from qwen3vl_vllm.inputs import RERANK_PROMPT_TAIL, render_parts, rerank_prompt_head
+
+    tpl = jinja2.Environment().from_string(open(plugin.chat_template_path("reranker")).read())
+    msgs = [{"role": "query", "content": "a cat"},
+            {"role": "document", "content": "<|vision_start|><|image_pad|><|vision_end|>x"}]
+    expected = (rerank_prompt_head("Find pets", [{"type": "text", "text": "a cat"}])
+                + render_parts([{"type": "image"}, {"type": "text", "text": "x"}]) + RERANK_PROMPT_TAIL)
+    assert tpl.render(messages=msgs, instruction="Find pets") == expected
+    assert "<Instruct>: Given a search query" in tpl.render(messages=msgs)
+    empty = tpl.render(messages=[{"role": "query", "content": "q"}, {"role": "document", "content": ""}])
+    assert "\n<Document>:NULL<|im_end|>" in empty
