@@ -56,10 +56,31 @@ def _video_url(clip) -> str:
     return "data:video/jpeg;base64," + ",".join(encoded)
 
 
+def _video_file_url(part: dict, where: str, policy: M.MediaPolicy,
+                    settings: I.MediaSettings) -> str:
+    """A video file travels as itself; the server's ``qwen3vl`` loader samples it like the
+    reference. That loader uses the server's fps/max_frames (reference defaults), so an item
+    asking for other values cannot be served identically and is refused here."""
+    if part.get("fps") != settings.fps or part.get("max_frames") != settings.max_frames:
+        raise InputError(where, f"a video file with fps={part.get('fps')}/max_frames="
+                         f"{part.get('max_frames')} differs from the server's video settings "
+                         f"(fps={settings.fps}, max_frames={settings.max_frames})",
+                         "Send the video as a list of frames, or use the offline API")
+    data = M.source_bytes(part["video"], where, policy)
+    M.check_video_bytes(data, where)
+    name = str(part["video"]).split("?", 1)[0].lower()
+    ext = name.rsplit(".", 1)[-1] if "." in name[-6:] else "mp4"
+    mime = {"mkv": "video/x-matroska", "mov": "video/quicktime", "avi": "video/x-msvideo"}.get(
+        ext, f"video/{ext}" if ext in ("mp4", "webm", "mpeg") else "video/mp4")
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
 def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
-                 image_tokens: list[int] | None = None) -> list[dict]:
+                 image_tokens: list[int] | None = None,
+                 settings: I.MediaSettings = I.DEFAULT_SETTINGS) -> list[dict]:
     """Content parts -> OpenAI chat content, with media at the reference's final pixels.
 
+    Images and frame-list videos are sent at their final pixels; video files as themselves.
     ``image_tokens``, when given, receives each image's token count (one per 32x32 pixels).
     """
     out, n_img, n_vid = [], 0, 0
@@ -71,8 +92,12 @@ def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
             out.append({"type": "image_url", "image_url": {"url": M.png_data_url(image)}})
             n_img += 1
         elif part["type"] == "video":
-            clip, _ = M.fetch_video(part, f"{where}.video[{n_vid}]", policy)
-            out.append({"type": "video_url", "video_url": {"url": _video_url(clip)}})
+            w = f"{where}.video[{n_vid}]"
+            if isinstance(part["video"], (str, os.PathLike)):
+                url = _video_file_url(part, w, policy, settings)
+            else:
+                url = _video_url(M.fetch_video(part, w, policy)[0])
+            out.append({"type": "video_url", "video_url": {"url": url}})
             n_vid += 1
         else:
             out.append({"type": "text", "text": part["text"]})
@@ -88,7 +113,8 @@ def embedding_messages(item: Mapping[str, Any], *, index: int, instruction: str 
     conv = I.embedding_conversation(item, index=index, settings=settings)
     return [
         {"role": "system", "content": conv[0]["content"][0]["text"]},
-        {"role": "user", "content": openai_parts(conv[1]["content"], f"inputs[{index}]", policy)},
+        {"role": "user", "content": openai_parts(conv[1]["content"], f"inputs[{index}]", policy,
+                                                 settings=settings)},
     ]
 
 

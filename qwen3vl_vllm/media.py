@@ -284,6 +284,26 @@ def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_P
     return frames, (float(rate) if rate else FRAME_LIST_FPS)
 
 
+def check_video_bytes(data: bytes, where: str = "video") -> None:
+    """Cheap validity check: the container opens and its first video frame decodes."""
+    import av
+
+    if not data:
+        raise MediaError(where, "video data is empty (0 bytes)", "Send an mp4/webm/mkv file")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise MediaError(where, "file has no video stream", "Send an mp4/webm/mkv file")
+            for _ in container.decode(container.streams.video[0]):
+                return
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise MediaError(where, f"cannot decode video: {type(e).__name__}: {e}",
+                         "The file looks corrupt. Send an mp4/webm/mkv file, or its frames") from None
+    raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
+
+
 def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: int | None,
                     policy: MediaPolicy = DEFAULT_POLICY):
     """Decode a video file and sample frames as qwen-vl-utils does.

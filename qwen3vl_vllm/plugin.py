@@ -94,7 +94,11 @@ def mm_processor_kwargs(settings=DEFAULT_SETTINGS) -> dict:
 
 # A video sent as frames ("data:video/jpeg;base64,<f1>,<f2>,...") keeps all its frames (vLLM's
 # default keeps 32) and gets the reference's frame-list timestamps (sampling fps 2.0).
-MEDIA_IO_KWARGS = {"video": {"num_frames": -1, "fps": 2.0}}
+# Video files go through the package's loader (``video_loader``), decoded and sampled like the
+# reference (fps 1.0, max 64 frames).
+MEDIA_IO_KWARGS = {"video": {"num_frames": -1, "fps": 2.0, "video_backend": "qwen3vl",
+                             "qwen3vl_fps": DEFAULT_SETTINGS.fps,
+                             "qwen3vl_max_frames": DEFAULT_SETTINGS.max_frames}}
 
 
 def engine_defaults(kind: str) -> dict[str, Any]:
@@ -251,6 +255,13 @@ def register() -> None:
         return
     _patch_engine_args()
     _patch_serve_validation()
+    try:
+        from . import video_loader
+
+        video_loader.register()
+        _STATE["patched"].append("VIDEO_LOADER_REGISTRY['qwen3vl']")
+    except Exception as e:  # noqa: BLE001 - a missing optional piece must not stop vLLM
+        logger.warning("qwen3vl-vllm: video loader not registered: %s", e)
     logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version,
                 ", ".join(_STATE["patched"]))
 

@@ -49,11 +49,12 @@ def _prepared(client, query, documents, instruction, top_n, fps, max_frames, fit
                                   f"documents), got {top_n!r}", "Leave it out to get every document")
     policy = client._s.policy
     q_tokens: list[int] = []
-    q = {"content": openai_parts(req.query, "query", policy, q_tokens)}
+    settings = client._s.settings
+    q = {"content": openai_parts(req.query, "query", policy, q_tokens, settings)}
     docs = []
     for i, d in enumerate(req.documents):
         d_tokens: list[int] = []
-        content = openai_parts(d, f"documents[{i}]", policy, d_tokens)
+        content = openai_parts(d, f"documents[{i}]", policy, d_tokens, settings)
         fitted = _fit_document(fitter or client, req, i, d, sum(q_tokens) + sum(d_tokens))
         if fitted is not d:  # only the text changed: keep the converted media parts
             content = [p for p in content if p["type"] != "text"] + [

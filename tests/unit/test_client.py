@@ -107,3 +107,19 @@ def test_bad_media_fails_before_sending():
 def test_keyword_only():
     with pytest.raises(TypeError):
         EmbeddingClient("http://x/v1")  # noqa
+
+
+def test_video_file_with_non_default_fps_is_refused(tmp_path):
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server([]))
+    with pytest.raises(errors.InputError, match=r"inputs\[0\]\.video\[0\].*fps=2.0"):
+        c.embed([{"video": str(tmp_path / "clip.mp4"), "fps": 2.0}])
+
+
+def test_corrupt_video_file_named_before_sending(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server(seen))
+    with pytest.raises(errors.MediaError, match=r"^inputs\[0\]\.video\[0\]: cannot decode video"):
+        c.embed([{"video": str(bad)}])
+    assert seen == []

@@ -56,7 +56,8 @@ def test_user_settings_win():
     assert args.max_model_len == 2048
     assert args.hf_overrides == {"is_matryoshka": True, "foo": 1}
     assert args.mm_processor_kwargs == {"images_kwargs": {"max_pixels": 100000}}
-    assert args.media_io_kwargs == {"video": {"num_frames": -1, "fps": 2.0}}
+    assert args.media_io_kwargs == plugin.MEDIA_IO_KWARGS
+    assert args.media_io_kwargs["video"]["video_backend"] == "qwen3vl"
 
 
 def test_untouched_args_for_other_models():

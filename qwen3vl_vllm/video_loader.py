@@ -1,0 +1,50 @@
+"""A vLLM video loader that decodes video files the way the reference does.
+
+vLLM's own loaders (OpenCV by default) sample and size video files their own way, so a video
+file sent to a server gives a different vector than the reference. The plugin registers this
+loader under the name ``qwen3vl`` (vLLM's public ``VIDEO_LOADER_REGISTRY``) and selects it, for
+detected checkpoints only, through ``media_io_kwargs``. It decodes with PyAV, samples frames as
+qwen-vl-utils does (fps 1.0, at most 64 frames, at least 4), resizes the clip to the reference's
+size and returns the frames with the metadata that gives the reference's timestamps. The HF
+processor then sees frames already at their final size and leaves them as they are.
+
+Frame lists (``data:video/jpeg;base64,<f1>,<f2>,...``) do not come here: vLLM reads them itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.multimodal.video import VideoLoader
+
+from . import media as M
+from .inputs import DEFAULT_SETTINGS
+
+NAME = "qwen3vl"
+
+
+class Qwen3VLVideoLoader(VideoLoader):
+    @classmethod
+    def load_bytes(cls, data: bytes, num_frames: int = -1, qwen3vl_fps: float | None = None,
+                   qwen3vl_max_frames: int | None = None, **kwargs: Any):
+        fps = DEFAULT_SETTINGS.fps if qwen3vl_fps is None else float(qwen3vl_fps)
+        max_frames = DEFAULT_SETTINGS.max_frames if qwen3vl_max_frames is None else int(qwen3vl_max_frames)
+        clip, meta, _ = M.read_video_file(data, "video", fps=fps, max_frames=max_frames)
+        clip = M._resize_clip(clip, total_pixels=M.DEFAULT_TOTAL_PIXELS)
+        frames = clip.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous().numpy()
+        metadata = {
+            "total_num_frames": int(meta["total_num_frames"]),
+            "fps": float(meta["fps"]),
+            "duration": float(meta["total_num_frames"]) / float(meta["fps"]),
+            "video_backend": NAME,
+            "frames_indices": [int(i) for i in meta["frames_indices"]],
+            "do_sample_frames": False,
+        }
+        return frames, metadata
+
+
+def register() -> None:
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+
+    if NAME not in VIDEO_LOADER_REGISTRY.name2class:
+        VIDEO_LOADER_REGISTRY.register(NAME)(Qwen3VLVideoLoader)
