@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# qwen3vl-vllm launcher: setup | test | demo
+# qwen3vl-vllm launcher: setup | test | demo | serve
 #
 #   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
 #   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
-#   ./launch.sh demo           setup, tiny checkpoint, embedding server, client, similarity matrix
+#   ./launch.sh demo           setup, tiny checkpoints, servers, clients, similarity matrix + rerank
+#   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE` (extra args follow)
 #
 # Environment:
 #   QWEN3VL_FLAVOUR=cpu|gpu      force the flavour (default: gpu when nvidia-smi sees a GPU)
@@ -78,8 +79,15 @@ case "$cmd" in
     cd "$ROOT"
     exec "$PY" -m qwen3vl_vllm.cli demo "$@"
     ;;
+  serve)
+    setup
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh serve CONFIG.yaml [--set key=value ...] [--dry-run]" >&2; exit 2; }
+    cfg="$1"; shift
+    cd "$ROOT"
+    exec "$PY" -m qwen3vl_vllm.cli serve --config "$cfg" "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *) echo "unknown command: $cmd (try ./launch.sh help)" >&2; exit 2 ;;
 esac

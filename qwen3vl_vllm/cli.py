@@ -30,6 +30,41 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .launcher import dry_run_command, resolve_model, run_config, vllm_args
+
+    try:
+        cfg = load_config(args.config, args.set or [])
+        model = resolve_model(cfg.model, build=not args.dry_run)
+        if args.dry_run:
+            print(dry_run_command(cfg, model))
+            return 0
+        vllm_args(cfg, model)  # validate (kind detection) before starting anything
+    except ConfigError as e:
+        print(f"qwen3vl-vllm serve: config error: {e}", file=sys.stderr)
+        return 2
+    return run_config(cfg, model, log=lambda m: print(m, flush=True))
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .deploy import k8s_manifests
+
+    try:
+        cfg = load_config(args.config, args.set or [])
+        text = k8s_manifests(cfg, config_text=open(args.config).read())
+    except ConfigError as e:
+        print(f"qwen3vl-vllm deploy: config error: {e}", file=sys.stderr)
+        return 2
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen3vl-vllm",
                                      description="Serve Qwen3-VL-Embedding/Reranker on vLLM.")
@@ -43,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="tiny checkpoint, embedding server, client, similarity matrix")
     demo.add_argument("--root", default=".cache", help="where checkpoints and logs go")
     demo.set_defaults(func=_demo)
+    serve = sub.add_parser("serve", help="start vllm serve from a YAML config (configs/*.yaml)")
+    serve.add_argument("--config", required=True, help="YAML file, e.g. configs/embedding-2b.yaml")
+    serve.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set server.port=9000 (repeatable)")
+    serve.add_argument("--dry-run", action="store_true",
+                       help="print the equivalent `vllm serve` command line and exit")
+    serve.set_defaults(func=_serve)
+    deploy = sub.add_parser("deploy", help="deployment manifests from a config")
+    deploy.add_argument("target", choices=["k8s"])
+    deploy.add_argument("--config", required=True)
+    deploy.add_argument("--set", action="append", metavar="KEY=VALUE")
+    deploy.add_argument("-o", "--output", help="write here instead of stdout")
+    deploy.set_defaults(func=_deploy)
     return parser
 
 

@@ -1,6 +1,6 @@
-"""Start, health-check and stop a vLLM OpenAI server for a checkpoint.
+"""Config -> vLLM arguments; start, health-check and stop a vLLM OpenAI server.
 
-Used by the demo, the tests and (with YAML configs) ``qwen3vl-vllm serve``. The server is a
+Used by the demo, the tests and ``qwen3vl-vllm serve --config FILE``. The server is a
 child process in its own process group, bound to 127.0.0.1 by default on a free port; ``stop()``
 sends SIGTERM to the group, then SIGKILL after a grace period, so nothing is left behind and an
 exit-time abort of the server (SPEC §4) never reaches the caller's exit code.
@@ -44,21 +44,131 @@ def vllm_env(cache_root: str | os.PathLike | None = None) -> dict:
     return env
 
 
-def serve_command(model: str, *, host: str = "127.0.0.1", port: int,
+def serve_command(model: str | None, *, host: str = "127.0.0.1", port: int | None = None,
                   extra_args: Sequence[str] = ()) -> list[str]:
     """The ``vllm serve`` command line (through this interpreter, so the venv's vLLM runs)."""
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
-            "--host", host, "--port", str(port), *extra_args]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+    if model is not None:
+        cmd += [model, "--host", host, "--port", str(port)]
+    return cmd + list(extra_args)
 
 
 class ServerError(RuntimeError):
     pass
 
 
+BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
+from .plugin import MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
+
+
+def resolve_model(model: str, *, build: bool, root: str | os.PathLike = ".cache") -> str:
+    """``builtin:tiny-*`` -> the project's tiny checkpoint (built when ``build``); else as given."""
+    kind = BUILTIN.get(model)
+    if kind is None:
+        return model
+    from .checkpoint import default_name, ensure_checkpoint
+
+    base = Path(root).resolve() / "checkpoints"
+    if build:
+        return str(ensure_checkpoint(base, kind=kind, size="tiny"))
+    return str(base / default_name(kind, "tiny"))
+
+
+def resolve_kind(cfg, model: str) -> str:
+    from .config import ConfigError
+    from .plugin import detect_kind
+
+    if cfg.kind != "auto":
+        return cfg.kind
+    kind = BUILTIN.get(cfg.model) or detect_kind(model)
+    if kind is None:
+        raise ConfigError(f"kind: cannot detect whether {cfg.model!r} is an embedding or a reranker "
+                          "checkpoint; set kind: embedding or kind: reranker")
+    return kind
+
+
+def vllm_args(cfg, model: str) -> list[str]:
+    """Every flag of the equivalent ``vllm serve`` command (works without the plugin too)."""
+    import json
+
+    from .inputs import MediaSettings
+    from .plugin import MEDIA_IO_KWARGS, chat_template_path, engine_defaults, mm_processor_kwargs
+
+    kind = resolve_kind(cfg, model)
+    d = engine_defaults(kind)
+    m = cfg.media
+    settings = MediaSettings(min_pixels=m.min_pixels, max_pixels=m.max_pixels, fps=m.fps,
+                             max_frames=m.max_frames)
+    media_io = {"video": {**MEDIA_IO_KWARGS["video"], "qwen3vl_fps": m.fps,
+                          "qwen3vl_max_frames": m.max_frames}}
+    max_len = cfg.max_model_len or d["max_model_len"]
+    j = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
+    args = [model, "--host", cfg.server.host, "--port", str(cfg.server.port),
+            "--runner", d["runner"], "--convert", d["convert"],
+            "--pooler-config", j(d["pooler_config"]),
+            "--hf-overrides", j(d["hf_overrides"]),
+            "--chat-template", chat_template_path(kind),
+            "--mm-processor-kwargs", j(mm_processor_kwargs(settings)),
+            "--media-io-kwargs", j(media_io),
+            "--limit-mm-per-prompt", j({"image": m.images_per_prompt, "video": m.videos_per_prompt}),
+            "--dtype", cfg.dtype,
+            "--max-model-len", str(max_len),
+            "--max-num-batched-tokens", str(cfg.batching.max_num_batched_tokens or max_len),
+            "--max-num-seqs", str(cfg.batching.max_num_seqs),
+            "--data-parallel-size", str(cfg.parallel.data_parallel_size),
+            "--tensor-parallel-size", str(cfg.parallel.tensor_parallel_size),
+            "--api-server-count", str(cfg.parallel.api_server_count)]
+    if cfg.served_model_name:
+        args += ["--served-model-name", cfg.served_model_name]
+    if m.local_media_dir:
+        args += ["--allowed-local-media-path", str(Path(m.local_media_dir).resolve())]
+    if m.remote_fetch and m.allowed_domains:
+        args += ["--allowed-media-domains", *m.allowed_domains]
+    for mw in MIDDLEWARES:
+        args += ["--middleware", mw]
+    if cfg.engine.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(cfg.engine.gpu_memory_utilization)]
+    if cfg.engine.enforce_eager:
+        args += ["--enforce-eager"]
+    return args + list(cfg.engine.extra_args)
+
+
+def server_env(cfg, base: dict | None = None) -> dict:
+    """Environment of the server: API key, body limit, remote-media switch, CPU sizing."""
+    env = vllm_env() if base is None else dict(base)
+    key = os.environ.get(cfg.server.api_key_env)
+    if key:
+        env["VLLM_API_KEY"] = key
+    else:
+        env.pop("VLLM_API_KEY", None)
+    env["QWEN3VL_MAX_BODY_BYTES"] = str(cfg.server.max_request_bytes)
+    env["QWEN3VL_REMOTE_MEDIA"] = "1" if cfg.media.remote_fetch else "0"
+    env["QWEN3VL_LOCAL_MEDIA_DIR"] = (str(Path(cfg.media.local_media_dir).resolve())
+                                      if cfg.media.local_media_dir else "")
+    if cfg.engine.cpu_kvcache_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.engine.cpu_kvcache_gib)
+    return env
+
+
+def dry_run_command(cfg, model: str) -> str:
+    import shlex
+
+    env = []
+    if os.environ.get(cfg.server.api_key_env):
+        env.append(f'VLLM_API_KEY="${cfg.server.api_key_env}"')
+    env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}",
+            f"QWEN3VL_REMOTE_MEDIA={'1' if cfg.media.remote_fetch else '0'}"]
+    if cfg.media.local_media_dir:
+        env.append(f"QWEN3VL_LOCAL_MEDIA_DIR={shlex.quote(str(Path(cfg.media.local_media_dir).resolve()))}")
+    return " ".join(env + ["vllm", "serve"] + [shlex.quote(a) for a in vllm_args(cfg, model)])
+
+
 class ServerProcess:
     def __init__(self, model: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
                  extra_args: Sequence[str] = (), log_path: str | os.PathLike | None = None,
-                 env: dict | None = None, startup_timeout: float = 300.0):
+                 env: dict | None = None, startup_timeout: float = 300.0,
+                 full_args: Sequence[str] | None = None):
+        self.full_args = list(full_args) if full_args is not None else None
         self.model = os.fspath(model)
         self.host = host
         self.port = port or free_port(host)
@@ -75,14 +185,18 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
 
     def start(self) -> "ServerProcess":
-        cmd = serve_command(self.model, host=self.host, port=self.port, extra_args=self.extra_args)
+        if self.full_args is not None:
+            cmd = serve_command(None, extra_args=self.full_args)
+        else:
+            cmd = serve_command(self.model, host=self.host, port=self.port, extra_args=self.extra_args)
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")
@@ -144,3 +258,49 @@ class ServerProcess:
     def __exit__(self, *exc) -> bool:
         self.stop()
         return False
+
+
+def run_config(cfg, model: str, *, log=print) -> int:
+    """Start the server for ``cfg``, wait for /health, serve until SIGINT/SIGTERM; clean stop."""
+    import signal as _signal
+
+    server = ServerProcess(model, host=cfg.server.host, port=cfg.server.port,
+                           env=server_env(cfg), full_args=vllm_args(cfg, model))
+    stop = {"requested": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop["requested"] = True
+
+    previous = {s: _signal.signal(s, on_signal) for s in (_signal.SIGINT, _signal.SIGTERM)}
+    try:
+        server.start()
+        deadline = time.monotonic() + server.startup_timeout
+        import httpx
+
+        while not stop["requested"]:
+            if server.proc.poll() is not None:
+                log(f"qwen3vl-vllm serve: vLLM exited during start-up (rc={server.proc.returncode})")
+                return 1
+            try:
+                if httpx.get(server.url + "/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                log("qwen3vl-vllm serve: not healthy in time; stopping")
+                return 1
+            time.sleep(0.5)
+        if not stop["requested"]:
+            log(f"qwen3vl-vllm serve: listening on {server.url} (OpenAI API at {server.base_url}, "
+                f"model {model})")
+        while not stop["requested"]:
+            if server.proc.poll() is not None:
+                log(f"qwen3vl-vllm serve: vLLM exited (rc={server.proc.returncode})")
+                return 1
+            time.sleep(0.5)
+        log("qwen3vl-vllm serve: stopping")
+        return 0
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            _signal.signal(s, handler)

@@ -48,7 +48,8 @@ _NAME_RULES = (
     (re.compile(r"qwen3[-_]?vl[-_]?reranker", re.I), "reranker"),
 )
 _STATE: dict[str, Any] = {"registered": False, "patched": []}
-MIDDLEWARE = "qwen3vl_vllm.server_errors.NameBadItemsMiddleware"
+MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
+               "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
 
 
 def detect_kind(model: str | os.PathLike | None) -> str | None:
@@ -188,9 +189,12 @@ def apply_serve_defaults(args: Any) -> str | None:
         args.chat_template = chat_template_path(kind)
         logger.info("qwen3vl-vllm: %s checkpoint: chat template %s", kind, args.chat_template)
     middleware = list(getattr(args, "middleware", None) or [])
-    if MIDDLEWARE not in middleware:
-        args.middleware = middleware + [MIDDLEWARE]
-        logger.info("qwen3vl-vllm: middleware %s (names the bad item in media errors)", MIDDLEWARE)
+    missing = [m for m in MIDDLEWARES if m not in middleware]
+    if missing:
+        args.middleware = middleware + missing
+        logger.info("qwen3vl-vllm: middleware %s", ", ".join(missing))
+    # the policy middleware reads the local-file folder from the environment
+    os.environ.setdefault("QWEN3VL_LOCAL_MEDIA_DIR", getattr(args, "allowed_local_media_path", "") or "")
     return kind
 
 

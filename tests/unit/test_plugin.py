@@ -72,9 +72,9 @@ def test_serve_defaults_template():
                                middleware=[])
     assert plugin.apply_serve_defaults(ns) == "reranker"
     assert ns.chat_template.endswith("reranker.jinja")
-    assert ns.middleware == [plugin.MIDDLEWARE]
+    assert ns.middleware == list(plugin.MIDDLEWARES)
     plugin.apply_serve_defaults(ns)
-    assert ns.middleware == [plugin.MIDDLEWARE]  # idempotent
+    assert ns.middleware == list(plugin.MIDDLEWARES)  # idempotent
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None,
                                chat_template="/mine.jinja", middleware=[])
     plugin.apply_serve_defaults(ns)

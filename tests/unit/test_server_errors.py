@@ -69,3 +69,54 @@ def test_middleware_passes_other_responses():
     assert json.loads(sent[1]["body"])["error"]["message"] == "fine"
     sent = _run(_app(400, "some other problem"), body)
     assert json.loads(sent[1]["body"])["error"]["message"] == "some other problem"
+
+
+def _policy_run(monkeypatch, body: bytes, **env):
+    from qwen3vl_vllm.server_policy import PolicyMiddleware
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sent = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return chunks.pop(0)
+
+    async def send(m):
+        sent.append(m)
+
+    asyncio.run(PolicyMiddleware(app)({"type": "http", "method": "POST", "path": "/v1/embeddings",
+                                       "headers": []}, receive, send))
+    return sent[0]["status"], sent[1]["body"], reached
+
+
+def test_policy_local_files(monkeypatch, tmp_path):
+    allowed = tmp_path / "ok"
+    allowed.mkdir()
+    (allowed / "a.png").write_bytes(b"x")
+    (allowed / "link.png").symlink_to(tmp_path / "secret.png")
+    body = lambda p: json.dumps({"messages": [{"content": [{"type": "image_url", "image_url": {"url": f"file://{p}"}}]}]}).encode()  # noqa: E731
+    status, out, reached = _policy_run(monkeypatch, body(allowed / "a.png"), QWEN3VL_LOCAL_MEDIA_DIR=str(allowed))
+    assert status == 200 and reached
+    for bad in (allowed / ".." / "secret.png", allowed / "link.png", "/etc/passwd"):
+        status, out, reached = _policy_run(monkeypatch, body(bad), QWEN3VL_LOCAL_MEDIA_DIR=str(allowed))
+        assert status == 400 and b"outside the allowed folder" in out and not reached
+    status, out, reached = _policy_run(monkeypatch, body(allowed / "a.png"), QWEN3VL_LOCAL_MEDIA_DIR="")
+    assert status == 400 and b"reads no local files" in out and not reached
+
+
+def test_policy_body_limit_and_remote(monkeypatch):
+    status, out, reached = _policy_run(monkeypatch, b"x" * 101, QWEN3VL_MAX_BODY_BYTES="100")
+    assert status == 413 and not reached
+    remote = json.dumps({"query": {"content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}}).encode()
+    status, out, reached = _policy_run(monkeypatch, remote, QWEN3VL_REMOTE_MEDIA="0", QWEN3VL_MAX_BODY_BYTES="0")
+    assert status == 400 and b"remote_fetch" in out and not reached
+    status, out, reached = _policy_run(monkeypatch, remote, QWEN3VL_REMOTE_MEDIA="1", QWEN3VL_MAX_BODY_BYTES="0")
+    assert status == 200 and reached == [remote]

@@ -1,0 +1,156 @@
+"""Configs -> vLLM arguments (dry runs), rejections, Kubernetes manifests."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qwen3vl_vllm.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+GPU_CONFIGS = [c for c in CONFIGS if not c.name.startswith("tiny-")]
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "qwen3vl_vllm.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=60)
+
+
+def _flags(argv: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    key = None
+    for tok in argv:
+        if tok.startswith("--"):
+            key = tok
+            out.setdefault(key, [])
+        elif key:
+            out[key].append(tok)
+    return out
+
+
+def test_all_six_configs_exist():
+    assert {c.name for c in CONFIGS} >= {"embedding-2b.yaml", "embedding-8b.yaml", "reranker-2b.yaml",
+                                         "reranker-8b.yaml", "tiny-embedding-cpu.yaml",
+                                         "tiny-reranker-cpu.yaml"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_flags(config):
+    res = _cli("serve", "--config", str(config), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    line = res.stdout.strip()
+    argv = shlex.split(line)
+    assert "vllm" in argv and argv[argv.index("vllm") + 1] == "serve"
+    flags = _flags(argv[argv.index("serve") + 2:])
+    cfg = yaml.safe_load(config.read_text())
+    embedding = "embedding" in config.name
+    assert flags["--runner"] == ["pooling"]
+    assert flags["--convert"] == ["embed" if embedding else "classify"]
+    pooler = json.loads(flags["--pooler-config"][0])
+    assert pooler == {"seq_pooling_type": "LAST", "use_activation": True}
+    hf = json.loads(flags["--hf-overrides"][0])
+    if embedding:
+        assert hf == {"is_matryoshka": True}
+        assert flags["--chat-template"][0].endswith("templates/embedding.jinja")
+    else:
+        assert hf["architectures"] == ["Qwen3VLForSequenceClassification"]
+        assert hf["classifier_from_token"] == ["no", "yes"] and hf["is_original_qwen3_reranker"] is True
+        assert flags["--chat-template"][0].endswith("templates/reranker.jinja")
+    assert Path(flags["--chat-template"][0]).is_file()
+    mm = json.loads(flags["--mm-processor-kwargs"][0])
+    assert mm == {"images_kwargs": {"min_pixels": cfg["media"]["min_pixels"],
+                                    "max_pixels": cfg["media"]["max_pixels"]}}
+    video = json.loads(flags["--media-io-kwargs"][0])["video"]
+    assert video["video_backend"] == "qwen3vl" and video["qwen3vl_max_frames"] == cfg["media"]["max_frames"]
+    assert json.loads(flags["--limit-mm-per-prompt"][0]) == {
+        "image": cfg["media"]["images_per_prompt"], "video": cfg["media"]["videos_per_prompt"]}
+    assert flags["--host"] == ["127.0.0.1"]
+    assert flags["--port"] == [str(cfg["server"]["port"])]
+    assert flags["--data-parallel-size"] == [str(cfg["parallel"]["data_parallel_size"])]
+    assert flags["--tensor-parallel-size"] == [str(cfg["parallel"]["tensor_parallel_size"])]
+    assert flags["--api-server-count"] == [str(cfg["parallel"]["api_server_count"])]
+    assert flags["--max-model-len"] == [str(cfg["max_model_len"])]
+    assert "--allowed-local-media-path" not in flags  # no local files by default
+    assert "QWEN3VL_REMOTE_MEDIA=0" in line
+
+
+def test_set_overrides_and_local_dir(tmp_path):
+    res = _cli("serve", "--config", "configs/embedding-2b.yaml", "--dry-run", "--set", "server.port=9123",
+               "--set", f"media.local_media_dir={tmp_path}", "--set", "parallel.tensor_parallel_size=2")
+    assert res.returncode == 0, res.stderr
+    flags = _flags(shlex.split(res.stdout)[3:])
+    assert flags["--port"] == ["9123"]
+    assert flags["--allowed-local-media-path"] == [str(tmp_path.resolve())]
+    assert flags["--tensor-parallel-size"] == ["2"]
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("model: x\nservre:\n  port: 1\n", "unknown key(s) servre"),
+    ("model: x\nserver:\n  prot: 1\n", "unknown key(s) server.prot; allowed in server: host, port"),
+    ("model: x\nserver:\n  port: eighty\n", "server.port: expected integer, got str 'eighty'"),
+    ("model: x\nmedia:\n  remote_fetch: maybe\n", "media.remote_fetch: expected true/false"),
+    ("kind: embedding\n", "model: missing (required)"),
+    ("model: x\nkind: classifier\n", "kind: 'classifier' is not one of auto, embedding, reranker"),
+    ("model: x\nparallel:\n  tensor_parallel_size: 0\n", "parallel.tensor_parallel_size: must be > 0"),
+])
+def test_rejections_exit_2_and_name_the_key(tmp_path, content, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert fragment in str(err.value)
+    res = _cli("serve", "--config", str(path), "--dry-run")
+    assert res.returncode == 2
+    assert fragment in res.stderr
+
+
+def test_undetectable_kind_is_rejected(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: some/Other-Model\n")
+    res = _cli("serve", "--config", str(path), "--dry-run")
+    assert res.returncode == 2 and "set kind: embedding or kind: reranker" in res.stderr
+
+
+def test_help_for_every_subcommand():
+    for sub in ("serve", "deploy", "make-checkpoint", "demo"):
+        res = _cli(sub, "--help")
+        assert res.returncode == 0 and "usage:" in res.stdout
+
+
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda p: p.name)
+def test_kubernetes_manifest_is_valid(config, tmp_path):
+    import kubernetes_validate
+
+    out = tmp_path / "m.yaml"
+    res = _cli("deploy", "k8s", "--config", str(config), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
+    for d in docs:
+        kubernetes_validate.validate(d, "1.30.0", strict=True)  # raises when invalid
+    cm, dep, svc = docs
+    assert yaml.safe_load(cm["data"]["config.yaml"]) == yaml.safe_load(config.read_text())
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    cfg = yaml.safe_load(config.read_text())
+    gpus = cfg["parallel"]["data_parallel_size"] * cfg["parallel"]["tensor_parallel_size"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    assert c["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "api-key"
+    assert any(v.get("configMap") for v in pod["volumes"])
+    assert svc["spec"]["ports"][0]["port"] == cfg["server"]["port"]
+
+
+def test_committed_manifests_are_current():
+    for config in GPU_CONFIGS:
+        res = _cli("deploy", "k8s", "--config", f"configs/{config.name}")
+        assert res.stdout == (ROOT / "deploy" / config.name).read_text(), (
+            f"deploy/{config.name} is stale: regenerate with qwen3vl-vllm deploy k8s")
