@@ -9,7 +9,10 @@ Settings resolve as argument, then environment variable, then default:
 ``base_url`` (``QWEN3VL_BASE_URL``, ``http://127.0.0.1:8000/v1``), ``api_key``
 (``QWEN3VL_API_KEY``, ``EMPTY``), ``model`` (``QWEN3VL_MODEL``, else the server's first model),
 ``timeout`` (``QWEN3VL_TIMEOUT``, 120 s), ``max_retries`` (``QWEN3VL_MAX_RETRIES``, 2),
-``max_concurrency`` (``QWEN3VL_MAX_CONCURRENCY``, 8). ``http_client`` takes an
+``backoff`` (``QWEN3VL_BACKOFF``, 0.5 s, doubled per retry up to ``backoff_max``, 8 s),
+``max_concurrency`` (``QWEN3VL_MAX_CONCURRENCY``, 8). Every call is idempotent, so connection
+errors, timeouts, 429, 502, 503 and 504 are retried; anything else surfaces at once as a typed
+error naming the item. ``http_client`` takes an
 ``httpx.Client``/``httpx.AsyncClient`` (e.g. with a ``MockTransport``), so tests need no server.
 
 Example::
@@ -29,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 from . import inputs as I
 from . import media as M
-from .errors import APIConnectionError, APITimeoutError, InputError, error_for_status
+from .errors import APIConnectionError, APIError, APITimeoutError, InputError, error_for_status
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
@@ -129,19 +132,37 @@ def _decode_embedding(data: Any):
 # ------------------------------------------------------------------ clients
 
 
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, APIConnectionError) or getattr(exc, "status", None) in RETRY_STATUSES
+
+
 class _Settings:
     def __init__(self, *, base_url, api_key, model, timeout, max_retries, max_concurrency,
-                 settings, policy):
+                 settings, policy, backoff=None, backoff_max=None):
         self.base_url = _setting(base_url, "QWEN3VL_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
         self.api_key = _setting(api_key, "QWEN3VL_API_KEY", "EMPTY")
         self.model = _setting(model, "QWEN3VL_MODEL", None)
         self.timeout = float(_setting(timeout, "QWEN3VL_TIMEOUT", 120.0, float))
         self.max_retries = int(_setting(max_retries, "QWEN3VL_MAX_RETRIES", 2, int))
+        self.backoff = float(_setting(backoff, "QWEN3VL_BACKOFF", 0.5, float))
+        self.backoff_max = float(_setting(backoff_max, "QWEN3VL_BACKOFF_MAX", 8.0, float))
+        if self.max_retries < 0 or self.backoff < 0:
+            raise ValueError("max_retries and backoff must be >= 0")
         self.max_concurrency = int(_setting(max_concurrency, "QWEN3VL_MAX_CONCURRENCY", 8, int))
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.settings = settings
         self.policy = policy
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before retry ``attempt`` (0-based): doubling, capped, with 0-25 % jitter."""
+        import random
+
+        base = min(self.backoff * (2 ** attempt), self.backoff_max)
+        return base * (1 + random.random() * 0.25)
 
 
 def _map_openai_error(exc: Exception, where: str) -> Exception:
@@ -181,14 +202,17 @@ class _Client:
                  model: str | None = None, timeout: float | None = None,
                  max_retries: int | None = None, max_concurrency: int | None = None,
                  http_client: Any = None, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
-                 policy: M.MediaPolicy = M.DEFAULT_POLICY):
+                 policy: M.MediaPolicy = M.DEFAULT_POLICY, backoff: float | None = None,
+                 backoff_max: float | None = None):
         import openai
 
         self._s = _Settings(base_url=base_url, api_key=api_key, model=model, timeout=timeout,
                             max_retries=max_retries, max_concurrency=max_concurrency,
-                            settings=settings, policy=policy)
+                            settings=settings, policy=policy, backoff=backoff,
+                            backoff_max=backoff_max)
+        # retries are ours (configurable backoff, typed errors); the SDK makes one attempt
         self._openai = openai.OpenAI(base_url=self._s.base_url, api_key=self._s.api_key,
-                                     timeout=self._s.timeout, max_retries=self._s.max_retries,
+                                     timeout=self._s.timeout, max_retries=0,
                                      http_client=http_client)
 
     @property
@@ -202,10 +226,20 @@ class _Client:
         return self._s.model
 
     def _call(self, path: str, body: dict, where: str) -> Any:
-        try:
-            return self._openai.post(path, body=body, cast_to=object)
-        except Exception as e:  # noqa: BLE001
-            raise _map_openai_error(e, where) from None
+        import time
+
+        attempt = 0
+        while True:
+            try:
+                return self._openai.post(path, body=body, cast_to=object)
+            except Exception as e:  # noqa: BLE001
+                err = _map_openai_error(e, where)
+            if attempt >= self._s.max_retries or not _retryable(err):
+                if attempt and isinstance(err, APIError):
+                    err.args = (f"{err.args[0]} (after {attempt + 1} attempts)",)
+                raise err
+            time.sleep(self._s.delay(attempt))
+            attempt += 1
 
     def close(self) -> None:
         self._openai.close()
@@ -225,14 +259,16 @@ class _AsyncClient:
                  model: str | None = None, timeout: float | None = None,
                  max_retries: int | None = None, max_concurrency: int | None = None,
                  http_client: Any = None, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
-                 policy: M.MediaPolicy = M.DEFAULT_POLICY):
+                 policy: M.MediaPolicy = M.DEFAULT_POLICY, backoff: float | None = None,
+                 backoff_max: float | None = None):
         import openai
 
         self._s = _Settings(base_url=base_url, api_key=api_key, model=model, timeout=timeout,
                             max_retries=max_retries, max_concurrency=max_concurrency,
-                            settings=settings, policy=policy)
+                            settings=settings, policy=policy, backoff=backoff,
+                            backoff_max=backoff_max)
         self._openai = openai.AsyncOpenAI(base_url=self._s.base_url, api_key=self._s.api_key,
-                                          timeout=self._s.timeout, max_retries=self._s.max_retries,
+                                          timeout=self._s.timeout, max_retries=0,
                                           http_client=http_client)
 
     async def model(self) -> str:
@@ -245,10 +281,18 @@ class _AsyncClient:
         return self._s.model
 
     async def _call(self, path: str, body: dict, where: str) -> Any:
-        try:
-            return await self._openai.post(path, body=body, cast_to=object)
-        except Exception as e:  # noqa: BLE001
-            raise _map_openai_error(e, where) from None
+        attempt = 0
+        while True:
+            try:
+                return await self._openai.post(path, body=body, cast_to=object)
+            except Exception as e:  # noqa: BLE001
+                err = _map_openai_error(e, where)
+            if attempt >= self._s.max_retries or not _retryable(err):
+                if attempt and isinstance(err, APIError):
+                    err.args = (f"{err.args[0]} (after {attempt + 1} attempts)",)
+                raise err
+            await asyncio.sleep(self._s.delay(attempt))
+            attempt += 1
 
     async def close(self) -> None:
         await self._openai.close()

@@ -95,6 +95,9 @@ def mm_processor_kwargs(settings=DEFAULT_SETTINGS) -> dict:
 
 # A video sent as frames ("data:video/jpeg;base64,<f1>,<f2>,...") keeps all its frames (vLLM's
 # default keeps 32) and gets the reference's frame-list timestamps (sampling fps 2.0).
+# Bounded media per prompt (a reranker prompt holds the query and one document).
+LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
+
 # Video files go through the package's loader (``video_loader``), decoded and sampled like the
 # reference (fps 1.0, max 64 frames).
 MEDIA_IO_KWARGS = {"video": {"num_frames": -1, "fps": 2.0, "video_backend": "qwen3vl",
@@ -168,6 +171,9 @@ def apply_engine_defaults(args: Any) -> str | None:
     if merged_media != media:
         args.media_io_kwargs = merged_media
         changed.append("media_io_kwargs")
+    if not getattr(args, "limit_mm_per_prompt", None):
+        args.limit_mm_per_prompt = dict(LIMIT_MM_PER_PROMPT)
+        changed.append("limit_mm_per_prompt")
     if getattr(args, "max_model_len", None) is None:
         args.max_model_len = defaults["max_model_len"]
         changed.append("max_model_len")

@@ -12,7 +12,6 @@ The plugin adds it to ``vllm serve`` through vLLM's public ``--middleware`` opti
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 WATCHED = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/v1/embeddings",
            "/pooling", "/classify")
 MEDIA_MARKERS = ("Failed to load image", "Failed to load video", "cannot identify image",
-                 "image file is truncated", "Failed to load", "Invalid image")
+                 "image file is truncated", "Failed to load", "Invalid image", "decompression bomb",
+                 "cannot decode", "video", "image")
 FIX = "Send a valid PNG, JPEG, WebP or GIF (as a data URL or URL), or leave the item out"
 
 
@@ -42,7 +42,7 @@ def _decodes(url: str, kind: str) -> bool:
                 if img.width == 0 or img.height == 0:
                     return False
         return True
-    except (binascii.Error, ValueError, OSError, SyntaxError):
+    except Exception:  # noqa: BLE001 - any decoding failure (incl. decompression bombs)
         return False
 
 

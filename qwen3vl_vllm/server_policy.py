@@ -75,7 +75,7 @@ class PolicyMiddleware:
             await self._reply(send, 400, "media URLs (http/https) are not fetched by this server "
                               "(media.remote_fetch is off). Send the image or video as a data URL")
             return
-        problem = self._local_file_problem(body)
+        problem = self._local_file_problem(body) or self._rerank_problem(scope.get("path", ""), body)
         if problem:
             await self._reply(send, 400, problem)
             return
@@ -105,4 +105,29 @@ class PolicyMiddleware:
             if os.path.commonpath([self.local_root, real]) != self.local_root:
                 return (f"file://{path}: outside the allowed folder {self.local_root} (after "
                         "resolving links and '..'). Move it there or send a data URL")
+        return None
+
+    @staticmethod
+    def _rerank_problem(path: str, body: bytes) -> str | None:
+        """Requests vLLM would answer oddly: an empty query (it would score "NULL"), no
+        documents, or ``top_n`` beyond the documents (vLLM silently returns fewer)."""
+        if not path.endswith(("/rerank", "/score")):
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None  # vLLM's own validation answers
+        if not isinstance(data, dict):
+            return None
+        query = data.get("query", data.get("queries", data.get("text_1")))
+        if query in ("", []) or (isinstance(query, dict) and not query.get("content")):
+            return "query: empty. Give the query a text, image or video"
+        docs = data.get("documents", data.get("items", data.get("text_2")))
+        if isinstance(docs, list) and not docs:
+            return "documents: empty list. Give at least one document"
+        top_n = data.get("top_n")
+        n = len(docs) if isinstance(docs, list) else 1
+        if isinstance(top_n, int) and not isinstance(top_n, bool) and (top_n < 0 or top_n > n):
+            return (f"top_n: {top_n} is out of range for {n} document(s). Use 1..{n}, or leave it "
+                    "out (or 0) for all")
         return None

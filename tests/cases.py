@@ -127,3 +127,46 @@ def twenty_documents() -> dict:
         else:
             docs.append({"text": f"caption {i}", "image": noise_image(64, 40 + 2 * i, 400 + i)})
     return {"query": {"text": "a cat sitting on a mat"}, "documents": docs}
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def crafted_png(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims ``width`` x ``height`` (1-bit grey)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" + b"\x00" * max(1, (width + 7) // 8)
+    idat = zlib.compress(row * min(height, 4), 9)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def truncated_png() -> bytes:
+    return png_bytes(noise_image(200, 200, 3))[:400]
+
+
+def corrupt_mp4() -> bytes:
+    return b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x17" * 300
+
+
+def zero_frame_mp4(path: Path) -> bytes:
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()  # header and a video track, then no frames at all
+    return path.read_bytes()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

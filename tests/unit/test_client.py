@@ -123,3 +123,50 @@ def test_corrupt_video_file_named_before_sending(tmp_path):
     with pytest.raises(errors.MediaError, match=r"^inputs\[0\]\.video\[0\]: cannot decode video"):
         c.embed([{"video": str(bad)}])
     assert seen == []
+
+
+def test_retries_with_backoff_then_recovers():
+    calls = {"n": 0}
+
+    def flaky(request):
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise httpx.ConnectError("down", request=request)
+        if calls["n"] == 3:
+            return httpx.Response(503, json={"error": {"message": "busy"}})
+        return httpx.Response(200, json={"object": "list", "model": "m", "data": [{"index": 0, "object": "embedding", "embedding": [1.0, 0.0]}], "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", max_retries=3, backoff=0.01,
+                        http_client=httpx.Client(transport=httpx.MockTransport(flaky)))
+    out = c.embed([{"text": "x"}], encoding_format="float")
+    assert calls["n"] == 4 and out.tolist() == [[1.0, 0.0]]
+
+
+def test_retries_are_bounded_and_typed():
+    calls = {"n": 0}
+
+    def down(request):
+        calls["n"] += 1
+        raise httpx.ConnectError("refused", request=request)
+
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", max_retries=2, backoff=0.01,
+                        http_client=httpx.Client(transport=httpx.MockTransport(down)))
+    with pytest.raises(errors.APIConnectionError, match="after 3 attempts"):
+        c.embed([{"text": "x"}])
+    assert calls["n"] == 3
+
+
+def test_no_retry_on_400():
+    calls = {"n": 0}
+
+    def bad(request):
+        calls["n"] += 1
+        return httpx.Response(400, json={"error": {"message": "nope"}})
+
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", max_retries=5, backoff=0.01,
+                        http_client=httpx.Client(transport=httpx.MockTransport(bad)))
+    with pytest.raises(errors.BadRequestError):
+        c.embed([{"text": "x"}])
+    assert calls["n"] == 1

@@ -41,7 +41,7 @@ def test_detect_by_config(tmp_path, monkeypatch):
 
 def _args(model, **kw):
     base = dict(model=model, runner="auto", convert="auto", pooler_config=None, hf_overrides=None,
-                mm_processor_kwargs=None, media_io_kwargs={}, max_model_len=None,
+                mm_processor_kwargs=None, media_io_kwargs={}, max_model_len=None, limit_mm_per_prompt={},
                 max_num_batched_tokens=None)
     base.update(kw)
     return types.SimpleNamespace(**base)

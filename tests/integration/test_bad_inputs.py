@@ -1,0 +1,229 @@
+"""The bad-input matrix: every case gets a 4xx naming the item (server) or a typed error
+(client, offline), and the server keeps answering good requests correctly afterwards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from cases import (b64, corrupt_mp4, crafted_png, data_url, frames, noise_image, png_bytes,
+                   truncated_png, zero_frame_mp4)
+
+pytestmark = pytest.mark.slow
+GOOD_FRAME = b64(png_bytes(noise_image(64, 64, 1)))
+
+
+def _img(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _vid(url: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
+def media_cases(tmp: Path) -> dict[str, tuple[dict, str]]:
+    """name -> (content part, fragment expected in the 4xx message)."""
+    from qwen3vl_vllm.launcher import free_port
+
+    closed = free_port()
+    return {
+        "corrupt image bytes": (_img("data:image/png;base64," + b64(b"\x89PNG\r\n\x1a\nrubbish")), "cannot decode the image"),
+        "truncated PNG": (_img("data:image/png;base64," + b64(truncated_png())), "cannot decode the image"),
+        "data URL not an image": (_img("data:text/plain;base64," + b64(b"hello there")), "image"),
+        "zero-size image": (_img("data:image/png;base64," + b64(crafted_png(0, 0))), "cannot decode the image"),
+        "decompression bomb": (_img("data:image/png;base64," + b64(crafted_png(30000, 30000))), "cannot decode the image"),
+        "unsupported URL scheme": (_img("ftp://127.0.0.1/x.png"), ""),
+        "unreachable URL": (_img(f"http://127.0.0.1:{closed}/x.png"), ""),
+        "file:// outside allowed folder": (_img("file:///etc/hostname"), "reads no local files"),
+        "corrupt mp4": (_vid("data:video/mp4;base64," + b64(corrupt_mp4())), "video"),
+        "zero-frame video": (_vid("data:video/mp4;base64," + b64(zero_frame_mp4(tmp / "zero.mp4"))), "video"),
+        "frame list with a bad frame": (_vid(f"data:video/jpeg;base64,{GOOD_FRAME},{b64(b'nope')}"), "cannot decode the video"),
+    }
+
+
+MEDIA_NAMES = list(media_cases(Path("/tmp/qwen3vl-bad-names")).keys())
+
+
+@pytest.fixture(scope="module")
+def bad_tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("bad")
+
+
+def _embed_body(model, content, **extra):
+    return {"model": model, "add_generation_prompt": True,
+            "messages": [{"role": "system", "content": "Represent the user's input."},
+                         {"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture(scope="module")
+def emb(embedding_server):
+    model = httpx.get(embedding_server.base_url + "/models", timeout=30).json()["data"][0]["id"]
+    good = httpx.post(embedding_server.base_url + "/embeddings", timeout=60,
+                      json=_embed_body(model, [{"type": "text", "text": "the good request"}]))
+    assert good.status_code == 200
+    return embedding_server, model, np.asarray(good.json()["data"][0]["embedding"])
+
+
+def _still_good(emb):
+    server, model, expected = emb
+    r = httpx.post(server.base_url + "/embeddings", timeout=60,
+                   json=_embed_body(model, [{"type": "text", "text": "the good request"}]))
+    assert r.status_code == 200
+    assert float(np.dot(np.asarray(r.json()["data"][0]["embedding"]), expected)) > 0.99999
+
+
+@pytest.mark.parametrize("case", MEDIA_NAMES)
+def test_server_embedding_media(case, emb, bad_tmp):
+    server, model, _ = emb
+    part, fragment = media_cases(bad_tmp)[case]
+    t0 = time.monotonic()
+    r = httpx.post(server.base_url + "/embeddings", timeout=60,
+                   json=_embed_body(model, [{"type": "text", "text": "x"}, part]))
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert time.monotonic() - t0 < 60
+    msg = r.json()["error"]["message"]
+    assert fragment.lower() in msg.lower(), msg
+    if "decode" in fragment:
+        assert msg.startswith("messages[1].content[1]"), msg
+    _still_good(emb)
+
+
+@pytest.mark.parametrize("case,body_extra,fragment", [
+    ("text over max length", {"messages": [{"role": "user", "content": "hello " * 9000}]}, "maximum context length"),
+    ("too many images", {"messages": [{"role": "user", "content": [_img(data_url(noise_image(32, 32, i))) for i in range(17)]}]}, "at most 16"),
+    ("dimensions 0", {"dimensions": 0}, "dimensions"),
+    ("dimensions negative", {"dimensions": -3}, "dimensions"),
+    ("dimensions above model size", {"dimensions": 65}, "dimensions"),
+    ("wrong JSON type: messages", {"messages": "hello"}, ""),
+    ("wrong JSON type: dimensions", {"dimensions": "sixty-four"}, ""),
+])
+def test_server_embedding_requests(case, body_extra, fragment, emb):
+    server, model, _ = emb
+    body = {**_embed_body(model, [{"type": "text", "text": "x"}]), **body_extra}
+    r = httpx.post(server.base_url + "/embeddings", timeout=60, json=body)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert fragment in r.json()["error"]["message"], r.text
+    _still_good(emb)
+
+
+@pytest.fixture(scope="module")
+def rr(reranker_server):
+    good = httpx.post(reranker_server.url + "/v1/rerank", timeout=60,
+                      json={"query": "a cat", "documents": ["a cat", "a dog"]})
+    assert good.status_code == 200
+    return reranker_server, good.json()["results"]
+
+
+def _rr_still_good(rr):
+    server, expected = rr
+    r = httpx.post(server.url + "/v1/rerank", timeout=60, json={"query": "a cat", "documents": ["a cat", "a dog"]})
+    assert r.status_code == 200 and r.json()["results"] == expected
+
+
+@pytest.mark.parametrize("case", MEDIA_NAMES)
+def test_server_rerank_media(case, rr, bad_tmp):
+    server, _ = rr
+    part, fragment = media_cases(bad_tmp)[case]
+    r = httpx.post(server.url + "/v1/rerank", timeout=60, json={
+        "query": "a cat", "documents": ["fine", {"content": [part]}, "also fine"]})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    msg = r.json()["error"]["message"]
+    assert fragment.lower() in msg.lower(), msg
+    if "decode" in fragment:
+        assert msg.startswith("documents[1].content[0]"), msg
+    _rr_still_good(rr)
+
+
+@pytest.mark.parametrize("case,body,fragment", [
+    ("empty documents", {"query": "a cat", "documents": []}, "documents: empty"),
+    ("empty query", {"query": "", "documents": ["a"]}, "query: empty"),
+    ("top_n above documents", {"query": "a cat", "documents": ["a", "b"], "top_n": 3}, "top_n: 3 is out of range"),
+    ("top_n negative", {"query": "a cat", "documents": ["a", "b"], "top_n": -1}, "top_n"),
+    ("wrong JSON type: documents", {"query": "a cat", "documents": 5}, ""),
+    ("pair over max length", {"query": "a cat", "documents": ["hello " * 11000]}, "maximum context length"),
+])
+def test_server_rerank_requests(case, body, fragment, rr):
+    server, _ = rr
+    r = httpx.post(server.url + "/v1/rerank", timeout=60, json=body)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert fragment in r.json()["error"]["message"], r.text
+    _rr_still_good(rr)
+
+
+# ---- the same bad items through the clients: typed errors naming the item, nothing sent
+
+
+def client_cases(tmp: Path) -> dict[str, tuple[dict, type, str]]:
+    from qwen3vl_vllm.errors import InputError, MediaError
+
+    bad_frames = frames(2) + [b"not a frame"]
+    (tmp / "corrupt.mp4").write_bytes(corrupt_mp4())
+    zero = tmp / "zero2.mp4"
+    zero_frame_mp4(zero)
+    return {
+        "corrupt image bytes": ({"image": b"\x89PNG\r\n\x1a\nrubbish"}, MediaError, "inputs[0].image[0]: cannot decode image"),
+        "truncated PNG": ({"image": truncated_png()}, MediaError, "truncated"),
+        "data URL not an image": ({"image": "data:text/plain;base64," + b64(b"hi")}, MediaError, "not a recognised image format"),
+        "zero-size image": ({"image": crafted_png(0, 0)}, MediaError, "inputs[0].image[0]"),
+        "decompression bomb": ({"image": crafted_png(30000, 30000)}, MediaError, "decompression bomb"),
+        "unsupported URL scheme": ({"image": "ftp://127.0.0.1/x.png"}, MediaError, "unsupported URL scheme"),
+        "corrupt mp4": ({"video": str(tmp / "corrupt.mp4")}, MediaError, "inputs[0].video[0]: cannot decode video"),
+        "zero-frame video": ({"video": str(zero)}, MediaError, "inputs[0].video[0]"),
+        "frame list with a bad frame": ({"video": bad_frames}, MediaError, "inputs[0].video[0].frames["),
+        "wrong type": ({"text": 5}, InputError, "inputs[0].text[0]: text must be a string"),
+        "unknown key": ({"txet": "typo"}, InputError, "unknown key(s) ['txet']"),
+    }
+
+
+@pytest.mark.parametrize("case", list(client_cases(Path("/tmp/qwen3vl-bad-client-names"))))
+def test_client_typed_errors(case, embedding_server, bad_tmp):
+    from qwen3vl_vllm import EmbeddingClient
+
+    item, exc, fragment = client_cases(bad_tmp)[case]
+    with EmbeddingClient(base_url=embedding_server.base_url) as client:
+        with pytest.raises(exc) as err:
+            client.embed([item])
+        assert fragment in str(err.value)
+        ok = client.embed([{"text": "fine"}])
+        assert ok.shape == (1, 64)
+
+
+@pytest.mark.parametrize("dims", [0, -1, 65])
+def test_client_dimensions(dims, embedding_server):
+    from qwen3vl_vllm import EmbeddingClient
+    from qwen3vl_vllm.errors import BadRequestError, InputError
+
+    with EmbeddingClient(base_url=embedding_server.base_url) as client:
+        with pytest.raises((InputError, BadRequestError)) as err:
+            client.embed([{"text": "x"}], dimensions=dims)
+        assert "dimensions" in str(err.value)
+
+
+def test_client_text_over_max_length(embedding_server):
+    from qwen3vl_vllm import EmbeddingClient
+    from qwen3vl_vllm.errors import BadRequestError
+
+    with EmbeddingClient(base_url=embedding_server.base_url) as client:
+        with pytest.raises(BadRequestError, match=r"inputs\[1\].*maximum context length"):
+            client.embed([{"text": "ok"}, {"text": "hello " * 9000}])
+
+
+def test_rerank_client_errors(reranker_server):
+    from qwen3vl_vllm import RerankClient
+    from qwen3vl_vllm.errors import InputError, MediaError
+
+    with RerankClient(base_url=reranker_server.base_url) as rc:
+        with pytest.raises(InputError, match="documents"):
+            rc.rerank({"text": "q"}, [])
+        with pytest.raises(InputError, match="query"):
+            rc.rerank({}, [{"text": "d"}])
+        for top_n in (0, 3, -1, True):
+            with pytest.raises(InputError, match="top_n"):
+                rc.rerank({"text": "q"}, [{"text": "a"}, {"text": "b"}], top_n=top_n)
+        with pytest.raises(MediaError, match=r"^documents\[1\]\.image\[0\]"):
+            rc.rerank({"text": "q"}, [{"text": "a"}, {"image": crafted_png(30000, 30000)}])
+        assert len(rc.score({"text": "q"}, [{"text": "a"}])) == 1
