@@ -1,10 +1,12 @@
-"""ASGI middleware: name the offending item in vLLM's media errors.
+"""ASGI middleware: name the offending item in vLLM's media errors, and make them 4xx.
 
 vLLM answers a request with one broken image among twenty documents with a bare
-``400 Failed to load image: cannot identify image file``. On that error path only, this
-middleware re-reads the request it already buffered, finds the first data-URL image/video that
-does not decode, and rewrites the message to name it (``documents[1]``, ``messages[1].content[0]``)
-and say what to do. Successful responses pass through untouched (no decoding on the hot path).
+``400 Failed to load image: cannot identify image file`` -- or, for a decompression bomb or an
+unreachable media URL, with a ``500`` although the server is fine and the input is at fault. On
+those error paths only, this middleware re-reads the request it already buffered, finds the item
+(the first data-URL image/video that does not decode, or the URL the error names), and answers
+400 naming it (``documents[1].content[0]``, ``messages[1].content[0]``) and saying what to do.
+Successful responses pass through untouched (no decoding on the hot path).
 
 The plugin adds it to ``vllm serve`` through vLLM's public ``--middleware`` option.
 """
@@ -18,6 +20,10 @@ from typing import Any
 
 WATCHED = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/v1/embeddings",
            "/pooling", "/classify")
+# vLLM 500s that are really bad input
+INPUT_500_MARKERS = ("decompression bomb", "exceeds limit of", "Max retries exceeded with url",
+                     "Connection refused", "Failed to load", "cannot identify image",
+                     "Name or service not known", "timed out", "Read timed out")
 MEDIA_MARKERS = ("Failed to load image", "Failed to load video", "cannot identify image",
                  "image file is truncated", "Failed to load", "Invalid image", "decompression bomb",
                  "cannot decode", "video", "image")
@@ -46,28 +52,41 @@ def _decodes(url: str, kind: str) -> bool:
         return False
 
 
-def _parts(where: str, value: Any):
-    """Yield (where, kind, url) for every data-URL media part below ``value``."""
+def _parts(where: str, value: Any, remote: bool = False):
+    """Yield (where, kind, url) for every data-URL (and, with ``remote``, any) media part."""
     if isinstance(value, dict):
         content = value.get("content")
         if isinstance(content, list):
             for k, part in enumerate(content):
-                yield from _parts(f"{where}.content[{k}]", part)
+                yield from _parts(f"{where}.content[{k}]", part, remote)
             return
         for kind in ("image", "video"):
             block = value.get(f"{kind}_url")
             url = block.get("url") if isinstance(block, dict) else block
-            if isinstance(url, str) and url.startswith("data:"):
+            if isinstance(url, str) and (remote or url.startswith("data:")):
                 yield where, kind, url
     elif isinstance(value, list):
         for k, item in enumerate(value):
-            yield from _parts(f"{where}[{k}]", item)
+            yield from _parts(f"{where}[{k}]", item, remote)
 
 
-def find_bad_item(body: dict) -> tuple[str, str] | None:
-    """(where, kind) of the first data-URL media item that does not decode, else None."""
-    for key in ("query", "queries", "documents", "items", "data_1", "data_2", "text_1", "text_2",
-                "messages", "input"):
+KEYS = ("query", "queries", "documents", "items", "data_1", "data_2", "text_1", "text_2",
+        "messages", "input")
+
+
+def find_bad_item(body: dict, message: str = "") -> tuple[str, str] | None:
+    """(where, kind) of the item an error is about: a remote URL the message names, else the
+    first data-URL media item that does not decode; None when neither is found."""
+    if not isinstance(body, dict):
+        return None
+    for key in KEYS:
+        if key in body:
+            for where, kind, url in _parts(key, body[key], remote=True):
+                if not url.startswith("data:"):
+                    tail = url.split("://", 1)[-1]
+                    if tail and (tail in message or tail.split("/", 1)[-1] in message):
+                        return where, kind
+    for key in KEYS:
         if key in body:
             for where, kind, url in _parts(key, body[key]):
                 if not _decodes(url, kind):
@@ -102,11 +121,13 @@ class NameBadItemsMiddleware:
 
         start: dict | None = None
         buffered: list[bytes] = []
+        started = False
 
         async def intercept(message):
-            nonlocal start
+            nonlocal start, started
             if message["type"] == "http.response.start":
-                if message["status"] == 400:
+                started = True
+                if message["status"] in (400, 500):
                     start = message
                     return
                 await send(message)
@@ -117,27 +138,48 @@ class NameBadItemsMiddleware:
             buffered.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            body = self._rewrite(b"".join(buffered), request_body)
+            status, body = self._rewrite(start["status"], b"".join(buffered), request_body)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
+            await send({**start, "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
-        await self.app(scope, replay, intercept)
+        try:
+            await self.app(scope, replay, intercept)
+        except Exception as exc:  # noqa: BLE001 - vLLM lets some input faults escape as 500s
+            if started or not any(m.lower() in str(exc).lower() for m in INPUT_500_MARKERS):
+                raise
+            error = {"error": {"message": str(exc), "type": "InternalServerError", "param": None,
+                               "code": 500}}
+            status, body = self._rewrite(500, json.dumps(error).encode(), request_body)
+            if status == 500:
+                raise
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod
-    def _rewrite(response: bytes, request: bytes) -> bytes:
+    def _rewrite(status: int, response: bytes, request: bytes) -> tuple[int, bytes]:
+        """(status, body) to send: unchanged unless the error is about an input item."""
         try:
             payload = json.loads(response)
             error = payload["error"]
             message = str(error.get("message", ""))
-            if not any(m in message for m in MEDIA_MARKERS):
-                return response
-            found = find_bad_item(json.loads(request))
+            markers = MEDIA_MARKERS if status == 400 else INPUT_500_MARKERS
+            if not any(m.lower() in message.lower() for m in markers):
+                return status, response
+            found = find_bad_item(json.loads(request), message)
             if found is None:
-                return response
+                if status == 500:  # an input fault all the same: say so, with the fix
+                    error.update(code=400, type="BadRequestError",
+                                 message=f"a media item could not be loaded ({message}). {FIX}")
+                    return 400, json.dumps(payload).encode()
+                return status, response
             where, kind = found
-            error["message"] = f"{where}: cannot decode the {kind} ({message}). {FIX}"
-            return json.dumps(payload).encode()
+            error.update(code=400, type="BadRequestError",
+                         message=f"{where}: cannot {'load' if status == 500 else 'decode'} the "
+                                 f"{kind} ({message}). {FIX}")
+            return 400, json.dumps(payload).encode()
         except Exception:  # noqa: BLE001 - never make an error response worse
-            return response
+            return status, response

@@ -161,6 +161,7 @@ def corrupt_mp4() -> bytes:
 def zero_frame_mp4(path: Path) -> bytes:
     import av
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("mpeg4", rate=4)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"

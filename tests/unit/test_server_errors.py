@@ -60,6 +60,16 @@ def test_middleware_rewrites_media_400():
     assert sent[0]["status"] == 400
     msg = json.loads(sent[1]["body"])["error"]["message"]
     assert msg.startswith("documents[1].content[0]: cannot decode the image (Failed to load image")
+    # a vLLM 500 that is really a bad input becomes a named 400
+    sent = _run(_app(500, "Image size (900000000 pixels) exceeds limit of 178956970 pixels, could be decompression bomb DOS attack."), body)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["message"].startswith("documents[1].content[0]: cannot load the image")
+    remote = {"query": "q", "documents": [{"content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}]}]}
+    sent = _run(_app(500, "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: /x.png"), remote)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["message"].startswith("documents[0].content[0]: cannot load the image")
+    sent = _run(_app(500, "some real server bug"), body)
+    assert sent[0]["status"] == 500
     assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
 
 
