@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 
 from . import inputs as I
 from . import media as M
-from .errors import APIConnectionError, APIError, APITimeoutError, InputError, error_for_status
+from .errors import (APIConnectionError, APIError, APITimeoutError, InputError,
+                     ServiceUnavailableError, error_for_status)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
@@ -135,8 +136,14 @@ def _decode_embedding(data: Any):
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
+# 5xx messages vLLM 0.32 gives while its engine stops under a request (seen in the fault test)
+ENGINE_GONE = ("EngineCore encountered an issue", "EngineDeadError", "Engine core is dead",
+               "engine is dead", "cannot schedule new futures after shutdown", "shutting down")
+
+
 def _retryable(exc: Exception) -> bool:
-    return isinstance(exc, APIConnectionError) or getattr(exc, "status", None) in RETRY_STATUSES
+    return (isinstance(exc, (APIConnectionError, ServiceUnavailableError))
+            or getattr(exc, "status", None) in RETRY_STATUSES)
 
 
 class _Settings:
@@ -177,8 +184,12 @@ def _map_openai_error(exc: Exception, where: str) -> Exception:
         message = body.get("message") if isinstance(body, dict) else None
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             message = body["error"].get("message", message)
-        return error_for_status(exc.status_code, f"{where}: HTTP {exc.status_code}: {message or exc}",
-                                body)
+        text = f"{where}: HTTP {exc.status_code}: {message or exc}"
+        if exc.status_code >= 500 and any(m in str(message) for m in ENGINE_GONE):
+            # the server is going away (its engine stopped under the request): retryable
+            return ServiceUnavailableError(text + " (the server is shutting down or restarting)",
+                                           status=exc.status_code, body=body)
+        return error_for_status(exc.status_code, text, body)
     return exc
 
 

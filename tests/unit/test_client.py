@@ -170,3 +170,18 @@ def test_no_retry_on_400():
     with pytest.raises(errors.BadRequestError):
         c.embed([{"text": "x"}])
     assert calls["n"] == 1
+
+
+def test_engine_gone_500_is_retried_as_unavailable():
+    calls = {"n": 0}
+
+    def dying(request):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(500, json={"error": {"message": "EngineCore encountered an issue. See stack trace"}})
+        return httpx.Response(200, json={"object": "list", "model": "m", "data": [{"index": 0, "object": "embedding", "embedding": [0.0, 1.0]}], "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", max_retries=1, backoff=0.01,
+                        http_client=httpx.Client(transport=httpx.MockTransport(dying)))
+    assert c.embed([{"text": "x"}], encoding_format="float").tolist() == [[0.0, 1.0]]
+    assert calls["n"] == 2

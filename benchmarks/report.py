@@ -1,0 +1,129 @@
+"""Write a benchmark run as JSON (everything), markdown (the table) and PNG (plots)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def _fmt(v, nd=1):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# qwen3vl-vllm benchmark ({res['mode']})", "",
+             f"{res['date']} · {m['cpu']} · {m['cores']} cores · {m['memory_gib']:.0f} GiB · "
+             f"vLLM {res['versions']['vllm']} · torch {res['versions']['torch']} · "
+             f"transformers {res['versions']['transformers']}", "",
+             "## Offline (same inputs, dtype and machine; parity checked before timing)", "",
+             "| model | workload | dtype | parity | reference | vLLM (qwen3vl-vllm) | vLLM / reference |",
+             "|---|---|---|---|---|---|---|"]
+    for o in res["offline"]:
+        unit = "items/s" if "items" in o else "pairs/s"
+        key = "items_per_s" if "items" in o else "pairs_per_s"
+        par = (f"cos ≥ {o['parity_min_cosine']:.6f}" if "parity_min_cosine" in o
+               else f"|Δ| ≤ {o['parity_max_abs_diff']:.1e}")
+        lines.append(f"| {o['model']} | {o['workload']} | {o['dtype']} | {par} | "
+                     f"{_fmt(o['reference'][key], 2)} {unit}, {_fmt(o['reference']['tokens_per_s'])} tok/s | "
+                     f"{_fmt(o['vllm'][key], 2)} {unit}, {_fmt(o['vllm']['tokens_per_s'])} tok/s, "
+                     f"{_fmt(o['vllm']['images_per_s'], 2)} img/s | **{o['ratio_vllm_over_reference']:.2f}×** |")
+    if res.get("mfu"):
+        f = res["mfu"]
+        lines += ["", "## Near the physical limit", "",
+                  f"{f['model']} {f['dtype']}: {f['tokens_per_s']:.1f} prompt tokens/s (vLLM offline, "
+                  f"{f['workload']}) × {f['gflop_per_token']:.2f} GFLOP/token = "
+                  f"{f['achieved_gflops']:.1f} GFLOP/s; this machine's {f['dtype']} matmul peak "
+                  f"{f['peak_gflops']:.1f} GFLOP/s → **MFU {100 * f['mfu']:.1f} %**"]
+    lines += ["", "## Serving (async load generator, 127.0.0.1)", "",
+              "| server | endpoint | mode | workload | concurrency | req/s | items/s | tok/s | p50 ms | p90 ms | p99 ms | failed | peak MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in res["serving"]:
+        for lv in s["levels"]:
+            lines.append(f"| {s['server']} | {s['endpoint']} | {s['mode']} | {s['workload']} | {lv['concurrency']} | "
+                         f"{_fmt(lv['requests_per_s'])} | {_fmt(lv['items_per_s'])} | {_fmt(lv['tokens_per_s'], 0)} | "
+                         f"{_fmt(lv['p50_ms'], 0)} | {_fmt(lv['p90_ms'], 0)} | {_fmt(lv['p99_ms'], 0)} | "
+                         f"{lv['failed']} | {_fmt(s['peak_mib'], 0)} |")
+    if res.get("plugin_overhead"):
+        p = res["plugin_overhead"]
+        lines += ["", f"Plugin-configured server / plain vLLM with hand-written flags (req/s, "
+                      f"concurrency {p['concurrency']}): **{p['ratio']:.3f}** "
+                      f"(overhead {100 * (1 - p['ratio']):+.1f} %)"]
+    if res.get("crosscheck"):
+        c = res["crosscheck"]
+        lines += ["", f"Cross-check with `vllm bench serve --backend {c['backend']}` "
+                      f"(concurrency {c['concurrency']}, {c['num_prompts']} prompts of ~{c['input_len']} tokens): "
+                      f"{c['vllm_bench_rps']:.1f} req/s vs ours {c['ours_rps']:.1f} req/s "
+                      f"(ratio {c['ratio']:.2f}). {c['note']}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for s in res["serving"]:
+        xs = [lv["concurrency"] for lv in s["levels"]]
+        label = f"{s['server']} {s['endpoint']} {s['mode']}"
+        a.plot(xs, [lv["requests_per_s"] for lv in s["levels"]], marker="o", label=label)
+        b.plot(xs, [lv["p99_ms"] for lv in s["levels"]], marker="o", label=label)
+    for ax, title in ((a, "throughput (requests/s)"), (b, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    fig.suptitle(f"qwen3vl-vllm serving, {res['machine']['cpu']}, {res['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(res: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    (out / "results.md").write_text(markdown(res))
+    plot(res, out / "throughput.png")
+
+
+def check(res: dict) -> list[str]:
+    """Every figure present and positive, parity passed, zero failed requests."""
+    problems = []
+
+    def positive(where, v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or math.isnan(v):
+            problems.append(f"{where}: {v!r} is not a positive number")
+
+    for o in res["offline"]:
+        if not o.get("parity"):
+            problems.append(f"offline {o.get('workload')}: parity check failed")
+            continue
+        for side in ("reference", "vllm"):
+            for k, v in o[side].items():
+                positive(f"offline {o['workload']} {side}.{k}", v)
+        positive(f"offline {o['workload']} ratio", o["ratio_vllm_over_reference"])
+    for s in res["serving"]:
+        positive(f"serving {s['server']} peak_mib", s["peak_mib"])
+        for lv in s["levels"]:
+            if lv["failed"]:
+                problems.append(f"serving {s['server']} {s['mode']} c={lv['concurrency']}: "
+                                f"{lv['failed']} failed ({lv['failures'][:2]})")
+            for k in ("requests_per_s", "items_per_s", "p50_ms", "p90_ms", "p99_ms"):
+                positive(f"serving {s['server']} {s['mode']} c={lv['concurrency']} {k}", lv[k])
+            if s["mode"] == "http":
+                positive(f"serving {s['server']} c={lv['concurrency']} tokens_per_s", lv["tokens_per_s"])
+    for key in ("plugin_overhead", "crosscheck", "mfu"):
+        if key not in res:
+            problems.append(f"{key}: missing")
+    if "plugin_overhead" in res:
+        positive("plugin_overhead.ratio", res["plugin_overhead"]["ratio"])
+    if "crosscheck" in res:
+        positive("crosscheck.vllm_bench_rps", res["crosscheck"]["vllm_bench_rps"])
+    if "mfu" in res:
+        positive("mfu", res["mfu"]["mfu"])
+    return problems
