@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# qwen3vl-vllm launcher: setup | test | demo | serve
+# qwen3vl-vllm launcher: setup | test | demo | serve | bench
 #
 #   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
 #   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
 #   ./launch.sh demo           setup, tiny checkpoints, servers, clients, similarity matrix + rerank
 #   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE` (extra args follow)
+#   ./launch.sh bench [--full] setup, then benchmarks/run.py (quick by default, < 5 min)
 #
 # Environment:
 #   QWEN3VL_FLAVOUR=cpu|gpu      force the flavour (default: gpu when nvidia-smi sees a GPU)
@@ -86,8 +87,13 @@ case "$cmd" in
     cd "$ROOT"
     exec "$PY" -m qwen3vl_vllm.cli serve --config "$cfg" "$@"
     ;;
+  bench)
+    setup
+    cd "$ROOT"
+    exec "$PY" benchmarks/run.py "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *) echo "unknown command: $cmd (try ./launch.sh help)" >&2; exit 2 ;;
 esac

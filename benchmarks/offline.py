@@ -22,6 +22,13 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
+def _rates(seconds: float, n: int, tokens: int, images: int, unit: str) -> dict:
+    out = {"seconds": seconds, unit: n / seconds, "tokens_per_s": tokens / seconds}
+    if images:  # a text-only workload has no images/s figure
+        out["images_per_s"] = images / seconds
+    return out
+
+
 def _ref_tokens(ref, convs) -> int:
     batch = ref._encode(convs, truncation=False)
     return int(batch["attention_mask"].sum())
@@ -57,10 +64,8 @@ def embedding(ckpt: str, workloads: dict[str, list], *, dtype: str, repeats: int
             n, imgs = len(inputs), count_images("embedding", inputs)
             results.append({
                 **base, "parity": True, "items": n, "images": imgs, "prompt_tokens": tokens,
-                "reference": {"seconds": t_ref, "items_per_s": n / t_ref, "tokens_per_s": tokens / t_ref,
-                              "images_per_s": imgs / t_ref},
-                "vllm": {"seconds": t_vllm, "items_per_s": n / t_vllm, "tokens_per_s": tokens / t_vllm,
-                         "images_per_s": imgs / t_vllm},
+                "reference": _rates(t_ref, n, tokens, imgs, "items_per_s"),
+                "vllm": _rates(t_vllm, n, tokens, imgs, "items_per_s"),
                 "ratio_vllm_over_reference": t_ref / t_vllm,
             })
     return results
@@ -89,10 +94,8 @@ def reranker(ckpt: str, inputs: dict, *, dtype: str, repeats: int, engine_kwargs
     n, imgs = len(inputs["documents"]), count_images("reranker", inputs)
     return {
         "parity": True, "dtype": dtype, "parity_max_abs_diff": diff, "pairs": n, "images": imgs, "prompt_tokens": tokens,
-        "reference": {"seconds": t_ref, "pairs_per_s": n / t_ref, "tokens_per_s": tokens / t_ref,
-                      "images_per_s": imgs / t_ref},
-        "vllm": {"seconds": t_vllm, "pairs_per_s": n / t_vllm, "tokens_per_s": tokens / t_vllm,
-                 "images_per_s": imgs / t_vllm},
+        "reference": _rates(t_ref, n, tokens, imgs, "pairs_per_s"),
+        "vllm": _rates(t_vllm, n, tokens, imgs, "pairs_per_s"),
         "ratio_vllm_over_reference": t_ref / t_vllm,
     }
 

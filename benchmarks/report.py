@@ -29,8 +29,9 @@ def markdown(res: dict) -> str:
                else f"|Δ| ≤ {o['parity_max_abs_diff']:.1e}")
         lines.append(f"| {o['model']} | {o['workload']} | {o['dtype']} | {par} | "
                      f"{_fmt(o['reference'][key], 2)} {unit}, {_fmt(o['reference']['tokens_per_s'])} tok/s | "
-                     f"{_fmt(o['vllm'][key], 2)} {unit}, {_fmt(o['vllm']['tokens_per_s'])} tok/s, "
-                     f"{_fmt(o['vllm']['images_per_s'], 2)} img/s | **{o['ratio_vllm_over_reference']:.2f}×** |")
+                     f"{_fmt(o['vllm'][key], 2)} {unit}, {_fmt(o['vllm']['tokens_per_s'])} tok/s"
+                     + (f", {_fmt(o['vllm']['images_per_s'], 2)} img/s" if "images_per_s" in o["vllm"] else "")
+                     + f" | **{o['ratio_vllm_over_reference']:.2f}×** |")
     if res.get("mfu"):
         f = res["mfu"]
         lines += ["", "## Near the physical limit", "",

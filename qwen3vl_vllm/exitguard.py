@@ -5,6 +5,10 @@ exception") *after* all work is done, while C++ threads are torn down at interpr
 ``install()`` (called when an engine is created) registers an ``atexit`` handler that flushes
 stdio and leaves with ``os._exit(code)`` before that teardown runs. The code is the one the
 script asked for: ``sys.exit(n)`` is remembered, an uncaught exception gives 1, else 0.
+
+``sys.exit`` is wrapped (to remember ``n``) as soon as ``qwen3vl_vllm.offline`` is imported, so
+the usual ``sys.exit(main())`` -- which looks ``sys.exit`` up before ``main()`` runs -- keeps its
+code. A bare ``raise SystemExit(n)`` is not seen: use ``sys.exit(n)``.
 Set ``QWEN3VL_EXIT_GUARD=0`` to turn it off.
 """
 
@@ -46,6 +50,12 @@ def _final() -> None:
     os._exit(_code())
 
 
+def record_exit_codes() -> None:
+    """Wrap ``sys.exit`` so the guard knows the code a script exits with (idempotent)."""
+    if os.environ.get("QWEN3VL_EXIT_GUARD", "1") != "0" and not hasattr(sys.exit, "_qwen3vl_original"):
+        sys.exit = _remember_exit(sys.exit)
+
+
 def install() -> bool:
     """Install once per process; returns True when active."""
     if os.environ.get("QWEN3VL_EXIT_GUARD", "1") == "0":
@@ -53,7 +63,6 @@ def install() -> bool:
     if _STATE["installed"]:
         return True
     _STATE["installed"] = True
-    if not hasattr(sys.exit, "_qwen3vl_original"):
-        sys.exit = _remember_exit(sys.exit)
+    record_exit_codes()
     atexit.register(_final)
     return True

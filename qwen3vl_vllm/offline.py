@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from . import exitguard
 from . import inputs as I
 from . import media as M
 from .errors import InputError
 from .plugin import chat_template_path, engine_defaults
+
+exitguard.record_exit_codes()  # before a script's `sys.exit(main())` looks sys.exit up
 
 PROGRESS_THRESHOLD = 64
 
@@ -50,8 +53,6 @@ class _Engine:
     def __init__(self, model_name_or_path: str, *, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
                  policy: M.MediaPolicy = M.DEFAULT_POLICY, **engine_kwargs: Any):
         from vllm import LLM
-
-        from . import exitguard
 
         exitguard.install()
         self.settings = settings
