@@ -93,7 +93,7 @@ case "$cmd" in
     exec "$PY" benchmarks/run.py "$@"
     ;;
   help|-h|--help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *) echo "unknown command: $cmd (try ./launch.sh help)" >&2; exit 2 ;;
 esac

@@ -122,7 +122,11 @@ def vllm_args(cfg, model: str) -> list[str]:
         args += ["--served-model-name", cfg.served_model_name]
     if m.local_media_dir:
         args += ["--allowed-local-media-path", str(Path(m.local_media_dir).resolve())]
-    if m.remote_fetch and m.allowed_domains:
+    if not m.remote_fetch:  # vLLM's own domain check, with a domain that cannot exist
+        from .server_errors import REMOTE_OFF_DOMAIN
+
+        args += ["--allowed-media-domains", REMOTE_OFF_DOMAIN]
+    elif m.allowed_domains:
         args += ["--allowed-media-domains", *m.allowed_domains]
     for mw in MIDDLEWARES:
         args += ["--middleware", mw]
@@ -134,7 +138,7 @@ def vllm_args(cfg, model: str) -> list[str]:
 
 
 def server_env(cfg, base: dict | None = None) -> dict:
-    """Environment of the server: API key, body limit, remote-media switch, CPU sizing."""
+    """Environment of the server: API key, body limit, CPU sizing."""
     env = vllm_env() if base is None else dict(base)
     key = os.environ.get(cfg.server.api_key_env)
     if key:
@@ -142,9 +146,6 @@ def server_env(cfg, base: dict | None = None) -> dict:
     else:
         env.pop("VLLM_API_KEY", None)
     env["QWEN3VL_MAX_BODY_BYTES"] = str(cfg.server.max_request_bytes)
-    env["QWEN3VL_REMOTE_MEDIA"] = "1" if cfg.media.remote_fetch else "0"
-    env["QWEN3VL_LOCAL_MEDIA_DIR"] = (str(Path(cfg.media.local_media_dir).resolve())
-                                      if cfg.media.local_media_dir else "")
     if cfg.engine.cpu_kvcache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.engine.cpu_kvcache_gib)
     return env
@@ -156,10 +157,7 @@ def dry_run_command(cfg, model: str) -> str:
     env = []
     if os.environ.get(cfg.server.api_key_env):
         env.append(f'VLLM_API_KEY="${cfg.server.api_key_env}"')
-    env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}",
-            f"QWEN3VL_REMOTE_MEDIA={'1' if cfg.media.remote_fetch else '0'}"]
-    if cfg.media.local_media_dir:
-        env.append(f"QWEN3VL_LOCAL_MEDIA_DIR={shlex.quote(str(Path(cfg.media.local_media_dir).resolve()))}")
+    env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}"]
     return " ".join(env + ["vllm", "serve"] + [shlex.quote(a) for a in vllm_args(cfg, model)])
 
 

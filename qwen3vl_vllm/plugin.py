@@ -199,8 +199,6 @@ def apply_serve_defaults(args: Any) -> str | None:
     if missing:
         args.middleware = middleware + missing
         logger.info("qwen3vl-vllm: middleware %s", ", ".join(missing))
-    # the policy middleware reads the local-file folder from the environment
-    os.environ.setdefault("QWEN3VL_LOCAL_MEDIA_DIR", getattr(args, "allowed_local_media_path", "") or "")
     return kind
 
 

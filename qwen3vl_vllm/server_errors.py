@@ -18,13 +18,16 @@ import io
 import json
 from typing import Any
 
+REMOTE_OFF_DOMAIN = "remote-fetch-is-off.invalid"  # qwen3vl-vllm serve with media.remote_fetch off
 WATCHED = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/v1/embeddings",
            "/pooling", "/classify")
 # vLLM 500s that are really bad input
-INPUT_500_MARKERS = ("decompression bomb", "exceeds limit of", "Max retries exceeded with url",
+INPUT_500_MARKERS = ("Cannot load local files", "allowed-local-media-path", "allowed domains",
+                     "decompression bomb", "exceeds limit of", "Max retries exceeded with url",
                      "Connection refused", "Failed to load", "cannot identify image",
                      "Name or service not known", "timed out", "Read timed out")
-MEDIA_MARKERS = ("Failed to load image", "Failed to load video", "cannot identify image",
+MEDIA_MARKERS = ("Cannot load local files", "allowed-local-media-path", "allowed domains",
+                 "Failed to load image", "Failed to load video", "cannot identify image",
                  "image file is truncated", "Failed to load", "Invalid image", "decompression bomb",
                  "cannot decode", "video", "image")
 FIX = "Send a valid PNG, JPEG, WebP or GIF (as a data URL or URL), or leave the item out"
@@ -79,9 +82,16 @@ def find_bad_item(body: dict, message: str = "") -> tuple[str, str] | None:
     first data-URL media item that does not decode; None when neither is found."""
     if not isinstance(body, dict):
         return None
+    local = "local files" in message or "allowed-local-media-path" in message or "outside" in message
     for key in KEYS:
         if key in body:
             for where, kind, url in _parts(key, body[key], remote=True):
+                if local and url.startswith("file://"):
+                    return where, kind
+                if "allowed domains" in message and url.startswith(("http://", "https://")):
+                    host = url.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+                    if host and host in message:
+                        return where, kind
                 if not url.startswith("data:"):
                     tail = url.split("://", 1)[-1]
                     if tail and (tail in message or tail.split("/", 1)[-1] in message):
@@ -102,22 +112,13 @@ class NameBadItemsMiddleware:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in WATCHED:
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        request_body = b"".join(chunks)
-        replayed = False
+        chunks: list[bytes] = []  # references to what the app reads: no copy on the hot path
 
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": request_body, "more_body": False}
-            return await receive()
+        async def tee():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+            return message
 
         start: dict | None = None
         buffered: list[bytes] = []
@@ -138,20 +139,20 @@ class NameBadItemsMiddleware:
             buffered.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            status, body = self._rewrite(start["status"], b"".join(buffered), request_body)
+            status, body = self._rewrite(start["status"], b"".join(buffered), b"".join(chunks))
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
         try:
-            await self.app(scope, replay, intercept)
+            await self.app(scope, tee, intercept)
         except Exception as exc:  # noqa: BLE001 - vLLM lets some input faults escape as 500s
             if started or not any(m.lower() in str(exc).lower() for m in INPUT_500_MARKERS):
                 raise
             error = {"error": {"message": str(exc), "type": "InternalServerError", "param": None,
                                "code": 500}}
-            status, body = self._rewrite(500, json.dumps(error).encode(), request_body)
+            status, body = self._rewrite(500, json.dumps(error).encode(), b"".join(chunks))
             if status == 500:
                 raise
             await send({"type": "http.response.start", "status": status,
@@ -177,9 +178,16 @@ class NameBadItemsMiddleware:
                     return 400, json.dumps(payload).encode()
                 return status, response
             where, kind = found
-            error.update(code=400, type="BadRequestError",
-                         message=f"{where}: cannot {'load' if status == 500 else 'decode'} the "
-                                 f"{kind} ({message}). {FIX}")
+            if REMOTE_OFF_DOMAIN in message:
+                text = (f"{where}: this server does not fetch media URLs (media.remote_fetch is "
+                        f"off). Send the {kind} as a data URL")
+            elif "local files" in message or "allowed-local-media-path" in message:
+                text = (f"{where}: this server reads no local files ({message}). Send the {kind} "
+                        "as a data URL, or serve with media.local_media_dir")
+            else:
+                text = (f"{where}: cannot {'load' if status == 500 else 'decode'} the {kind} "
+                        f"({message}). {FIX}")
+            error.update(code=400, type="BadRequestError", message=text)
             return 400, json.dumps(payload).encode()
         except Exception:  # noqa: BLE001 - never make an error response worse
             return status, response

@@ -157,7 +157,7 @@ def test_remote_fetch_off_by_default(embedding_launch):
     srv = embedding_launch
     srv.model = _model(srv)
     r = _embed(srv, [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}])
-    assert r.status_code == 400 and "remote_fetch" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "media.remote_fetch is off" in r.json()["error"]["message"]
 
 
 def test_body_limit(embedding_launch):

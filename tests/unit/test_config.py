@@ -78,7 +78,7 @@ def test_dry_run_flags(config):
     assert flags["--api-server-count"] == [str(cfg["parallel"]["api_server_count"])]
     assert flags["--max-model-len"] == [str(cfg["max_model_len"])]
     assert "--allowed-local-media-path" not in flags  # no local files by default
-    assert "QWEN3VL_REMOTE_MEDIA=0" in line
+    assert flags["--allowed-media-domains"] == ["remote-fetch-is-off.invalid"]  # remote fetch off
 
 
 def test_set_overrides_and_local_dir(tmp_path):

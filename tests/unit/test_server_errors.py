@@ -1,4 +1,6 @@
 import asyncio
+
+import pytest
 import base64
 import io
 import json
@@ -81,7 +83,7 @@ def test_middleware_passes_other_responses():
     assert json.loads(sent[1]["body"])["error"]["message"] == "some other problem"
 
 
-def _policy_run(monkeypatch, body: bytes, **env):
+def _policy_run(monkeypatch, body: bytes, path="/v1/embeddings", **env):
     from qwen3vl_vllm.server_policy import PolicyMiddleware
 
     for k, v in env.items():
@@ -102,31 +104,51 @@ def _policy_run(monkeypatch, body: bytes, **env):
     async def send(m):
         sent.append(m)
 
-    asyncio.run(PolicyMiddleware(app)({"type": "http", "method": "POST", "path": "/v1/embeddings",
+    asyncio.run(PolicyMiddleware(app)({"type": "http", "method": "POST", "path": path,
                                        "headers": []}, receive, send))
     return sent[0]["status"], sent[1]["body"], reached
 
 
-def test_policy_local_files(monkeypatch, tmp_path):
-    allowed = tmp_path / "ok"
-    allowed.mkdir()
-    (allowed / "a.png").write_bytes(b"x")
-    (allowed / "link.png").symlink_to(tmp_path / "secret.png")
-    body = lambda p: json.dumps({"messages": [{"content": [{"type": "image_url", "image_url": {"url": f"file://{p}"}}]}]}).encode()  # noqa: E731
-    status, out, reached = _policy_run(monkeypatch, body(allowed / "a.png"), QWEN3VL_LOCAL_MEDIA_DIR=str(allowed))
-    assert status == 200 and reached
-    for bad in (allowed / ".." / "secret.png", allowed / "link.png", "/etc/passwd"):
-        status, out, reached = _policy_run(monkeypatch, body(bad), QWEN3VL_LOCAL_MEDIA_DIR=str(allowed))
-        assert status == 400 and b"outside the allowed folder" in out and not reached
-    status, out, reached = _policy_run(monkeypatch, body(allowed / "a.png"), QWEN3VL_LOCAL_MEDIA_DIR="")
-    assert status == 400 and b"reads no local files" in out and not reached
-
-
-def test_policy_body_limit_and_remote(monkeypatch):
+def test_policy_body_limit(monkeypatch):
     status, out, reached = _policy_run(monkeypatch, b"x" * 101, QWEN3VL_MAX_BODY_BYTES="100")
     assert status == 413 and not reached
-    remote = json.dumps({"query": {"content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}}).encode()
-    status, out, reached = _policy_run(monkeypatch, remote, QWEN3VL_REMOTE_MEDIA="0", QWEN3VL_MAX_BODY_BYTES="0")
-    assert status == 400 and b"remote_fetch" in out and not reached
-    status, out, reached = _policy_run(monkeypatch, remote, QWEN3VL_REMOTE_MEDIA="1", QWEN3VL_MAX_BODY_BYTES="0")
-    assert status == 200 and reached == [remote]
+    status, out, reached = _policy_run(monkeypatch, b"{}", QWEN3VL_MAX_BODY_BYTES="100")
+    assert status == 200 and reached == [b"{}"]
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ({"query": "", "documents": ["a"]}, "query: empty"),
+    ({"query": {"content": []}, "documents": ["a"]}, "query: empty"),
+    ({"query": "q", "documents": []}, "documents: empty"),
+    ({"query": "q", "documents": ["a", "b"], "top_n": 3}, "top_n: 3 is out of range"),
+    ({"query": "q", "documents": ["a", "b"], "top_n": -1}, "top_n: -1"),
+])
+def test_policy_rerank_checks(monkeypatch, body, fragment):
+    status, out, reached = _policy_run(monkeypatch, json.dumps(body).encode(), path="/v1/rerank",
+                                       QWEN3VL_MAX_BODY_BYTES="0")
+    assert status == 400 and fragment in json.loads(out)["error"]["message"] and not reached
+
+
+def test_policy_passes_good_rerank(monkeypatch):
+    body = json.dumps({"query": "q", "documents": ["a", "b"], "top_n": 2}).encode()
+    status, out, reached = _policy_run(monkeypatch, body, path="/v1/rerank", QWEN3VL_MAX_BODY_BYTES="0")
+    assert status == 200 and reached == [body]
+
+
+def test_local_file_error_is_named():
+    body = {"query": "q", "documents": ["ok", {"content": [{"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}]}]}
+    sent = _run(_app(500, "Cannot load local files without `--allowed-local-media-path`."), body)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["message"].startswith("documents[1].content[0]: this server reads no local files")
+
+
+def test_remote_off_error_is_named():
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
+            {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}]}]}
+    msg = "The URL must be from one of the allowed domains: ['remote-fetch-is-off.invalid']. Input URL domain: 127.0.0.1"
+    for status in (400, 500):
+        sent = _run(_app(status, msg), body, path="/v1/embeddings")
+        assert sent[0]["status"] == 400
+        assert json.loads(sent[1]["body"])["error"]["message"] == (
+            "messages[0].content[1]: this server does not fetch media URLs (media.remote_fetch is off). "
+            "Send the image as a data URL")
