@@ -206,8 +206,10 @@ def _check_list(inputs: Any) -> None:
         raise InputError("inputs", "expected a list of input dicts, got one dict", "Wrap it in a list")
 
 
-class _Client:
-    """Settings, model lookup, typed errors and lifetime shared by the sync clients."""
+class _Base:
+    """Settings resolution and the openai SDK client, shared by sync and async clients."""
+
+    _sdk_class = "OpenAI"
 
     def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
                  model: str | None = None, timeout: float | None = None,
@@ -222,9 +224,13 @@ class _Client:
                             settings=settings, policy=policy, backoff=backoff,
                             backoff_max=backoff_max)
         # retries are ours (configurable backoff, typed errors); the SDK makes one attempt
-        self._openai = openai.OpenAI(base_url=self._s.base_url, api_key=self._s.api_key,
-                                     timeout=self._s.timeout, max_retries=0,
-                                     http_client=http_client)
+        self._openai = getattr(openai, self._sdk_class)(
+            base_url=self._s.base_url, api_key=self._s.api_key, timeout=self._s.timeout,
+            max_retries=0, http_client=http_client)
+
+
+class _Client(_Base):
+    """Model lookup, retried calls and lifetime shared by the sync clients."""
 
     @property
     def model(self) -> str:
@@ -263,24 +269,10 @@ class _Client:
         return False
 
 
-class _AsyncClient:
+class _AsyncClient(_Base):
     """The async counterpart of ``_Client``."""
 
-    def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
-                 model: str | None = None, timeout: float | None = None,
-                 max_retries: int | None = None, max_concurrency: int | None = None,
-                 http_client: Any = None, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
-                 policy: M.MediaPolicy = M.DEFAULT_POLICY, backoff: float | None = None,
-                 backoff_max: float | None = None):
-        import openai
-
-        self._s = _Settings(base_url=base_url, api_key=api_key, model=model, timeout=timeout,
-                            max_retries=max_retries, max_concurrency=max_concurrency,
-                            settings=settings, policy=policy, backoff=backoff,
-                            backoff_max=backoff_max)
-        self._openai = openai.AsyncOpenAI(base_url=self._s.base_url, api_key=self._s.api_key,
-                                          timeout=self._s.timeout, max_retries=0,
-                                          http_client=http_client)
+    _sdk_class = "AsyncOpenAI"
 
     async def model(self) -> str:
         if self._s.model is None:

@@ -260,8 +260,11 @@ def smart_nframes(total_frames: int, video_fps: float, *, fps: float, max_frames
     return n
 
 
-def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY):
-    """Decode every frame of a video file with PyAV -> (list of HxWx3 uint8 arrays, fps)."""
+def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY, *,
+                 max_frames_to_decode: int | None = None):
+    """Decode the frames of a video file with PyAV -> (list of HxWx3 uint8 arrays, fps).
+
+    ``max_frames_to_decode`` stops early (a validity check needs one frame)."""
     import av
 
     data = source_bytes(src, where, policy)
@@ -273,7 +276,11 @@ def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_P
                 raise MediaError(where, "file has no video stream", "Send an mp4/webm/mkv file")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = []
+            for f in container.decode(stream):
+                frames.append(f.to_ndarray(format="rgb24"))
+                if max_frames_to_decode is not None and len(frames) >= max_frames_to_decode:
+                    break
     except MediaError:
         raise
     except Exception as e:  # noqa: BLE001 - PyAV raises many error types
@@ -286,22 +293,7 @@ def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_P
 
 def check_video_bytes(data: bytes, where: str = "video") -> None:
     """Cheap validity check: the container opens and its first video frame decodes."""
-    import av
-
-    if not data:
-        raise MediaError(where, "video data is empty (0 bytes)", "Send an mp4/webm/mkv file")
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise MediaError(where, "file has no video stream", "Send an mp4/webm/mkv file")
-            for _ in container.decode(container.streams.video[0]):
-                return
-    except MediaError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise MediaError(where, f"cannot decode video: {type(e).__name__}: {e}",
-                         "The file looks corrupt. Send an mp4/webm/mkv file, or its frames") from None
-    raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
+    decode_video(data, where, max_frames_to_decode=1)
 
 
 def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: int | None,
