@@ -23,6 +23,10 @@ def markdown(res: dict) -> str:
              "| model | workload | dtype | parity | reference | vLLM (qwen3vl-vllm) | vLLM / reference |",
              "|---|---|---|---|---|---|---|"]
     for o in res["offline"]:
+        if not o.get("parity"):
+            lines.append(f"| {o['model']} | {o['workload']} | {o['dtype']} | FAILED "
+                         f"({o.get('parity_min_cosine', o.get('parity_max_abs_diff'))}) | not timed | not timed | - |")
+            continue
         unit = "items/s" if "items" in o else "pairs/s"
         key = "items_per_s" if "items" in o else "pairs_per_s"
         par = (f"cos ≥ {o['parity_min_cosine']:.6f}" if "parity_min_cosine" in o

@@ -96,10 +96,24 @@ class _Engine:
                                                   tokenize=False, add_generation_prompt=True)
         prompt: dict = {"prompt": text}
         data, _ = self._multimodal(parts, where)
+        self._check_length(text, data, where)
         if data:
             prompt["multi_modal_data"] = data
             prompt["mm_processor_kwargs"] = {"do_resize": False}
         return prompt
+
+    def _check_length(self, text: str, data: dict, where: str) -> None:
+        """Refuse an over-long input by name before vLLM refuses the whole batch."""
+        limit = self.llm.llm_engine.model_config.max_model_len
+        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n += sum((im.width // I.IMAGE_FACTOR) * (im.height // I.IMAGE_FACTOR) - 1
+                 for im in data.get("image", []))
+        for frames, _ in data.get("video", []):  # pads only: a lower bound
+            t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+            n += (t // 2) * (h // I.IMAGE_FACTOR) * (w // I.IMAGE_FACTOR)
+        if n > limit:
+            raise InputError(where, f"the input is {n} tokens, longer than max_model_len={limit}",
+                             "Shorten the text or send smaller/fewer images or frames")
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

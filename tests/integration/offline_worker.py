@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> int:
@@ -46,6 +47,21 @@ def main() -> int:
             errors["bad_dimensions"] = "no error raised"
         except InputError as e:
             errors["bad_dimensions"] = f"{type(e).__name__}: {e}"
+        # the bad-input matrix, offline: each a typed error naming the item; the engine carries on
+        from test_bad_inputs import client_cases
+
+        for name, (item, exc, fragment) in client_cases(tmp / "bad").items():
+            try:
+                model.process([{"text": "fine"}, item])
+                errors[f"matrix/{name}"] = "no error raised"
+            except (MediaError, InputError) as e:
+                errors[f"matrix/{name}"] = f"{type(e).__name__}: {e}"
+        try:
+            model.process([{"text": "hello " * 9000}])
+            errors["matrix/text over max length"] = "no error raised"
+        except Exception as e:  # noqa: BLE001 - recorded, the test asserts the type
+            errors["matrix/text over max length"] = f"{type(e).__name__}: {e}"
+        results["after_matrix"] = model.process([cases["text"]])[0]
         _ = noise_image
     np.savez(out, **{k: np.asarray(v) for k, v in results.items()})
     out.with_suffix(".json").write_text(json.dumps(errors))

@@ -84,3 +84,18 @@ def test_offline_int8_round_trip(offline_results):
     assert q.dtype == np.int8
     full = data["case/text"]
     assert np.abs(dequantize_int8(q) - full).max() <= INT8_BOUND + 1e-6
+
+
+def test_offline_bad_input_matrix(offline_results, tmp_path):
+    from test_bad_inputs import client_cases
+
+    data, errors, _ = offline_results
+    for name, (_, exc, fragment) in client_cases(tmp_path).items():
+        got = errors[f"matrix/{name}"]
+        assert got.startswith(exc.__name__ + ": "), (name, got)
+        # the offline API names the item by its position in the batch: inputs[1]
+        assert fragment.replace("inputs[0]", "inputs[1]") in got, (name, got)
+    over = errors["matrix/text over max length"]
+    assert over.startswith("InputError: inputs[0]") and "8192" in over, over
+    # the engine still answers correctly afterwards
+    assert float(np.dot(data["after_matrix"], data["case/text"])) > 0.99999
