@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import InputError
@@ -284,10 +284,6 @@ def rerank_conversation(instruction: str, query: list[dict], document: list[dict
         {"role": "system", "content": [{"type": "text", "text": RERANK_SYSTEM_PROMPT}]},
         {"role": "user", "content": user},
     ]
-
-
-def with_settings(settings: MediaSettings, **changes: Any) -> MediaSettings:
-    return replace(settings, **changes)
 
 
 RERANK_SUFFIX_TOKENS = 5  # <|im_end|> \n <|im_start|> assistant \n

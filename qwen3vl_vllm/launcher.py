@@ -178,10 +178,6 @@ class ServerProcess:
         self._log = None
 
     @property
-    def model_name(self) -> str:
-        return self.model
-
-    @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"

@@ -34,7 +34,6 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import MediaError
@@ -385,9 +384,5 @@ def frames_to_uint8(clip):
     return list(arr)
 
 
-def is_path_like(src: Any) -> bool:
-    return isinstance(src, (str, os.PathLike)) and not str(src).startswith(("data:", "http://", "https://"))
-
-
 __all__ = ["MediaPolicy", "smart_resize", "load_image", "fetch_image", "fetch_video",
-           "read_video_file", "png_data_url", "decode_data_url", "Path"]
+           "read_video_file", "png_data_url", "decode_data_url"]

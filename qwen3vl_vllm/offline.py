@@ -195,17 +195,20 @@ class Qwen3VLReranker(_Engine):
 
     def pair_prompts(self, inputs: Mapping[str, Any]) -> list[dict]:
         req = I.rerank_request(inputs, settings=self.settings)
+        query_data, _ = self._multimodal(req.query, "query")  # once, not once per document
         out = []
         for i, doc in enumerate(req.documents):
             conv = I.rerank_conversation(req.instruction, req.query, doc)
-            parts = list(req.query) + list(doc)
-            out.append(self._pair_prompt(conv, parts, f"documents[{i}]"))
+            doc_data, _ = self._multimodal(doc, f"documents[{i}]")
+            # the prompt holds the query's media before the document's, per modality
+            data = {k: query_data.get(k, []) + doc_data.get(k, [])
+                    for k in ("image", "video") if query_data.get(k) or doc_data.get(k)}
+            out.append(self._pair_prompt(conv, data, f"documents[{i}]"))
         return out
 
-    def _pair_prompt(self, conversation, parts, where):
+    def _pair_prompt(self, conversation, data, where):
         chat = self.tokenizer.apply_chat_template(conversation, tokenize=False,
                                                   add_generation_prompt=True)
-        data, _ = self._multimodal(parts, where)
         ids = self.tokenizer(chat, add_special_tokens=False)["input_ids"]
         # media pads the engine will add: one token per 32x32 pixels of each resized image
         extra = sum((im.width // I.IMAGE_FACTOR) * (im.height // I.IMAGE_FACTOR) - 1

@@ -27,7 +27,8 @@ def main() -> int:
         order_a = {"query": {"text": "q"}, "documents": [{"text": "t", "image": noise_image(64, 64, 5)}]}
         results["prompt_order"] = model.pair_prompts(order_a)[0]["prompt"]
         bad = {"query": {"text": "q"}, "documents": [{"text": "ok"}, {"image": b"broken"}, {"text": "ok"}]}
-        for key, inputs in {"bad_doc": bad,
+        bad_query = {"query": {"image": b"broken"}, "documents": [{"text": "a"}, {"text": "b"}]}
+        for key, inputs in {"bad_doc": bad, "bad_query": bad_query,
                             "empty_docs": {"query": {"text": "q"}, "documents": []}}.items():
             try:
                 model.process(inputs)

@@ -56,3 +56,5 @@ def test_offline_bad_document_named(offline_rerank):
     data, _ = offline_rerank
     assert data["errors"]["bad_doc"].startswith("MediaError: documents[1].image[0]")
     assert data["errors"]["empty_docs"].startswith("InputError: documents")
+    # a bad query image is named as the query, not as a document
+    assert data["errors"]["bad_query"].startswith("MediaError: query.image[0]")
