@@ -35,6 +35,7 @@ class ServerConfig:
     port: int = 8000
     api_key_env: str = "QWEN3VL_API_KEY"
     max_request_bytes: int = 64 * 1024 * 1024
+    keep_alive_s: int = 75  # idle keep-alive; must outlive client pools (httpx/openai: 5 s)
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ CHOICES = {
     "kind": ("auto", "embedding", "reranker"),
     "dtype": ("auto", "bfloat16", "float16", "float32"),
 }
-POSITIVE = {"server.port", "server.max_request_bytes", "media.min_pixels", "media.max_pixels",
-            "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",
+POSITIVE = {"server.port", "server.max_request_bytes", "server.keep_alive_s", "media.min_pixels",
+            "media.max_pixels", "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",
             "parallel.data_parallel_size", "parallel.tensor_parallel_size",
             "parallel.api_server_count", "batching.max_num_batched_tokens", "deploy.replicas"}
 

@@ -146,6 +146,7 @@ def server_env(cfg, base: dict | None = None) -> dict:
     else:
         env.pop("VLLM_API_KEY", None)
     env["QWEN3VL_MAX_BODY_BYTES"] = str(cfg.server.max_request_bytes)
+    env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(cfg.server.keep_alive_s)
     if cfg.engine.cpu_kvcache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.engine.cpu_kvcache_gib)
     return env
@@ -157,7 +158,8 @@ def dry_run_command(cfg, model: str) -> str:
     env = []
     if os.environ.get(cfg.server.api_key_env):
         env.append(f'VLLM_API_KEY="${cfg.server.api_key_env}"')
-    env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}"]
+    env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}",
+            f"VLLM_HTTP_TIMEOUT_KEEP_ALIVE={cfg.server.keep_alive_s}"]
     return " ".join(env + ["vllm", "serve"] + [shlex.quote(a) for a in vllm_args(cfg, model)])
 
 

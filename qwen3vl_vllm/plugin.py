@@ -50,6 +50,13 @@ _NAME_RULES = (
 _STATE: dict[str, Any] = {"registered": False, "patched": []}
 MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
                "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
+# vLLM closes idle keep-alive connections after 5 s, exactly when httpx/openai pools expire them
+# (5 s), so a client can reuse a connection the server is closing that instant: ReadError on a
+# request that was never read (seen as 5 of 2,000 in CI). Servers must outlive client pools:
+# 75 s exceeds httpx/openai (5 s), aiohttp (15 s) and the 60 s idle timeout of common load
+# balancers. An explicit VLLM_HTTP_TIMEOUT_KEEP_ALIVE always wins.
+KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+KEEP_ALIVE_S = 75
 
 
 def detect_kind(model: str | os.PathLike | None) -> str | None:
@@ -199,6 +206,11 @@ def apply_serve_defaults(args: Any) -> str | None:
     if missing:
         args.middleware = middleware + missing
         logger.info("qwen3vl-vllm: middleware %s", ", ".join(missing))
+    if KEEP_ALIVE_ENV not in os.environ:
+        # read by vLLM when it starts uvicorn, after argument validation (this process only)
+        os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)
+        logger.info("qwen3vl-vllm: HTTP keep-alive %d s (outlives client pools; set %s to change)",
+                    KEEP_ALIVE_S, KEEP_ALIVE_ENV)
     return kind
 
 

@@ -71,7 +71,7 @@ def test_load_64_concurrent_clients(embedding_server, reference_embedder):
                     try:
                         r = await http.post(embedding_server.base_url + "/embeddings", json=bodies[i])
                     except httpx.HTTPError as e:
-                        failures.append(f"request {n}: {type(e).__name__}")
+                        failures.append(f"request {n}: {e!r}")
                         continue
                     latencies.append(time.monotonic() - t0)
                     statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
@@ -102,6 +102,38 @@ def test_load_64_concurrent_clients(embedding_server, reference_embedder):
     assert set(statuses) <= {200, 429, 503} and 500 not in statuses
     assert statuses.get(200) == REQUESTS  # vLLM queues under saturation: everything answered
     assert max(latencies) < CLIENT_TIMEOUT
+
+
+def test_idle_connection_outlives_client_pool_expiry(embedding_server):
+    """httpx/openai pools reuse a connection idle for up to 5 s; vLLM's default keep-alive is also
+    5 s, so a reused connection can be closed under a request (CI saw 5 ReadErrors in 2,000).
+    The plugin raises the server's keep-alive: a connection idle for 6 s must still answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(embedding_server.base_url)
+    request = f"GET /health HTTP/1.1\r\nHost: {url.hostname}\r\n\r\n".encode()
+
+    def ask(sock) -> bytes:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:  # the server closed the connection
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += sock.recv(4096)
+        return head
+
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        assert ask(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6.0)  # longer than vLLM's default keep-alive (5 s), as idle as a pooled conn
+        second = ask(sock)
+        assert second.startswith(b"HTTP/1.1 200"), f"idle connection closed by the server: {second!r}"
 
 
 def test_server_stopped_mid_stream_then_restarted(embedding_ckpt):

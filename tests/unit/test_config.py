@@ -79,13 +79,16 @@ def test_dry_run_flags(config):
     assert flags["--max-model-len"] == [str(cfg["max_model_len"])]
     assert "--allowed-local-media-path" not in flags  # no local files by default
     assert flags["--allowed-media-domains"] == ["remote-fetch-is-off.invalid"]  # remote fetch off
+    env = dict(a.split("=", 1) for a in argv[:argv.index("vllm")])
+    assert int(env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) > 5  # outlives httpx/openai pools (5 s)
 
 
 def test_set_overrides_and_local_dir(tmp_path):
     res = _cli("serve", "--config", "configs/embedding-2b.yaml", "--dry-run", "--set", "server.port=9123",
                "--set", f"media.local_media_dir={tmp_path}", "--set", "parallel.tensor_parallel_size=2")
     assert res.returncode == 0, res.stderr
-    flags = _flags(shlex.split(res.stdout)[3:])
+    argv = shlex.split(res.stdout)
+    flags = _flags(argv[argv.index("serve") + 2:])
     assert flags["--port"] == ["9123"]
     assert flags["--allowed-local-media-path"] == [str(tmp_path.resolve())]
     assert flags["--tensor-parallel-size"] == ["2"]

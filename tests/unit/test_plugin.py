@@ -1,4 +1,5 @@
 import json
+import os
 import types
 
 import pytest
@@ -81,6 +82,26 @@ def test_serve_defaults_template():
     assert ns.chat_template == "/mine.jinja"  # the user's flag wins
     ns = types.SimpleNamespace(model_tag=None, model="x/other", chat_template=None, middleware=[])
     assert plugin.apply_serve_defaults(ns) is None and ns.chat_template is None and ns.middleware == []
+
+
+def test_serve_keep_alive_outlives_client_pools(monkeypatch):
+    import httpx
+
+    monkeypatch.delenv(plugin.KEEP_ALIVE_ENV, raising=False)
+    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None,
+                               chat_template=None, middleware=[])
+    plugin.apply_serve_defaults(ns)
+    server_s = int(os.environ[plugin.KEEP_ALIVE_ENV])
+    # httpx (and the openai SDK on it) expires idle pooled connections after this many seconds
+    client_s = httpx.AsyncClient()._transport._pool._keepalive_expiry
+    assert server_s > client_s + 5, (server_s, client_s)
+    monkeypatch.setenv(plugin.KEEP_ALIVE_ENV, "7")
+    plugin.apply_serve_defaults(ns)
+    assert os.environ[plugin.KEEP_ALIVE_ENV] == "7"  # the user's value wins
+    monkeypatch.delenv(plugin.KEEP_ALIVE_ENV)
+    plugin.apply_serve_defaults(types.SimpleNamespace(model_tag=None, model="x/other",
+                                                      chat_template=None, middleware=[]))
+    assert plugin.KEEP_ALIVE_ENV not in os.environ  # other models: untouched
 
 
 def test_embedding_template_renders_reference_prompt():
