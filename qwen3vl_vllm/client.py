@@ -80,19 +80,15 @@ def _video_file_url(part: dict, where: str, policy: M.MediaPolicy,
 
 
 def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
-                 image_tokens: list[int] | None = None,
                  settings: I.MediaSettings = I.DEFAULT_SETTINGS) -> list[dict]:
     """Content parts -> OpenAI chat content, with media at the reference's final pixels.
 
     Images and frame-list videos are sent at their final pixels; video files as themselves.
-    ``image_tokens``, when given, receives each image's token count (one per 32x32 pixels).
     """
     out, n_img, n_vid = [], 0, 0
     for part in parts:
         if part["type"] == "image":
             image = M.fetch_image(part, f"{where}.image[{n_img}]", policy)
-            if image_tokens is not None:
-                image_tokens.append((image.width // I.IMAGE_FACTOR) * (image.height // I.IMAGE_FACTOR))
             out.append({"type": "image_url", "image_url": {"url": M.png_data_url(image)}})
             n_img += 1
         elif part["type"] == "video":

@@ -282,6 +282,15 @@ def register() -> None:
         _STATE["patched"].append("VIDEO_LOADER_REGISTRY['qwen3vl']")
     except Exception as e:  # noqa: BLE001 - a missing optional piece must not stop vLLM
         logger.warning("qwen3vl-vllm: video loader not registered: %s", e)
+    try:
+        from . import score_truncation
+
+        what = score_truncation.patch()
+        if what:
+            _STATE["patched"].append(what)
+    except Exception as e:  # noqa: BLE001
+        logger.warning("qwen3vl-vllm: reranker truncation not installed (over-long pairs get "
+                       "vLLM's 400): %s", e)
     logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version,
                 ", ".join(_STATE["patched"]))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from . import inputs as I
-from .client import _AsyncClient, _Client, _map_openai_error, openai_parts
+from .client import _AsyncClient, _Client, openai_parts
 from .errors import InputError
 
 
@@ -34,7 +34,9 @@ class RerankResult:
     document: Any = None
 
 
-def _prepared(client, query, documents, instruction, top_n, fps, max_frames, fitter=None):
+def _prepared(client, query, documents, instruction, top_n, fps, max_frames):
+    """(request, query content, document contents). Over-long pairs are cut by the server,
+    exactly as the reference cuts them (``score_truncation``), so nothing is fitted here."""
     raw = {"query": query, "documents": documents}
     if instruction is not None:
         raw["instruction"] = instruction
@@ -47,61 +49,11 @@ def _prepared(client, query, documents, instruction, top_n, fps, max_frames, fit
                               or not 1 <= top_n <= len(req.documents)):
         raise InputError("top_n", f"must be between 1 and {len(req.documents)} (the number of "
                                   f"documents), got {top_n!r}", "Leave it out to get every document")
-    policy = client._s.policy
-    q_tokens: list[int] = []
-    settings = client._s.settings
-    q = {"content": openai_parts(req.query, "query", policy, q_tokens, settings)}
-    docs = []
-    for i, d in enumerate(req.documents):
-        d_tokens: list[int] = []
-        content = openai_parts(d, f"documents[{i}]", policy, d_tokens, settings)
-        fitted = _fit_document(fitter or client, req, i, d, sum(q_tokens) + sum(d_tokens))
-        if fitted is not d:  # only the text changed: keep the converted media parts
-            content = [p for p in content if p["type"] != "text"] + [
-                {"type": "text", "text": p["text"]} for p in fitted if p["type"] == "text"]
-        docs.append({"content": content})
+    policy, settings = client._s.policy, client._s.settings
+    q = {"content": openai_parts(req.query, "query", policy, settings)}
+    docs = [{"content": openai_parts(d, f"documents[{i}]", policy, settings)}
+            for i, d in enumerate(req.documents)]
     return req, q, docs
-
-
-def _fit_document(client, req, index: int, doc: list[dict], media: int) -> list[dict]:
-    """Cut an over-long document's text exactly as the reference truncates the pair.
-
-    The reference keeps every special token, the first plain tokens that fit in
-    ``max_length - 5`` and the 5-token suffix. Texts come last in a document, so the cut falls
-    in its text: the kept prefix is found with the server's own tokenizer (/tokenize,
-    /detokenize) and sent as the document's text. Cheap check first: a token covers at least
-    one UTF-8 byte, so pairs whose bytes plus media tokens fit need no look-up.
-    """
-    head = I.rerank_prompt_head(req.instruction, req.query)
-    full = head + I.render_parts(doc) + I.RERANK_PROMPT_TAIL
-    max_len = client._max_model_len()
-    if len(full.encode()) + media <= max_len:
-        return doc
-    tok = client._tokenize(full)
-    ids, strs = tok["tokens"], tok.get("token_strs") or []
-    special = {t for t, s in zip(ids, strs) if s in SPECIAL_TOKEN_STRINGS}
-    n_pads = sum(1 for s in strs if s in ("<|image_pad|>", "<|video_pad|>"))
-    extra = media - n_pads
-    if len(ids) + extra <= max_len:
-        return doc
-    if any(p["type"] == "video" for p in req.query + doc):
-        raise InputError(f"documents[{index}]", f"the pair is longer than max_length={max_len} "
-                         "tokens and contains a video; truncation with videos is not supported",
-                         "Shorten the texts or use fewer frames")
-    kept = I.truncate_pair_tokens(ids, special, max_len, extra_special=extra)
-    body = client._detokenize(kept[:-I.RERANK_SUFFIX_TOKENS])
-    doc_head = head + I.render_parts([p for p in doc if p["type"] != "text"])
-    if not body.startswith(doc_head):
-        raise InputError(f"documents[{index}]", f"the query alone is longer than max_length={max_len}",
-                         "Shorten the query")
-    media_parts = [p for p in doc if p["type"] != "text"]
-    return media_parts + [{"type": "text", "text": body[len(doc_head):]}]
-
-
-SPECIAL_TOKEN_STRINGS = frozenset({
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"})
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -128,29 +80,6 @@ class RerankClient(_Client):
     """Scores from a qwen3vl-vllm reranker server, identical to the reference."""
 
     chunk_size = 32
-    _max_len: int | None = None
-
-    def _root(self, path: str) -> str:
-        base = self._s.base_url
-        return (base[:-3] if base.endswith("/v1") else base) + path
-
-    def _max_model_len(self) -> int:
-        if self._max_len is None:
-            try:
-                models = self._openai.get("/models", cast_to=object)
-            except Exception as e:  # noqa: BLE001
-                raise _map_openai_error(e, "models") from None
-            self._max_len = int(models["data"][0].get("max_model_len") or I.RERANK_MAX_LENGTH)
-        return self._max_len
-
-    def _tokenize(self, prompt: str) -> dict:
-        return self._call(self._root("/tokenize"), {"model": self.model, "prompt": prompt,
-                                                    "add_special_tokens": False,
-                                                    "return_token_strs": True}, "tokenize")
-
-    def _detokenize(self, tokens: list[int]) -> str:
-        return self._call(self._root("/detokenize"), {"model": self.model, "tokens": tokens},
-                          "detokenize")["prompt"]
 
     def _scores(self, path: str, query, documents, instruction, fps, max_frames, top_n=None):
         req, q, docs = _prepared(self, query, documents, instruction, top_n, fps, max_frames)
@@ -193,21 +122,8 @@ class AsyncRerankClient(_AsyncClient):
 
     chunk_size = 32
 
-    _fitter: RerankClient | None = None
-
-    def _sync_fitter(self) -> RerankClient:
-        """Over-long pairs need /tokenize look-ups; the rare path uses a blocking helper."""
-        if self._fitter is None:
-            self._fitter = RerankClient(base_url=self._s.base_url, api_key=self._s.api_key,
-                                        model=self._s.model, timeout=self._s.timeout,
-                                        max_retries=self._s.max_retries, settings=self._s.settings,
-                                        policy=self._s.policy)
-        return self._fitter
-
     async def _scores(self, path, query, documents, instruction, fps, max_frames, top_n=None):
-        await self.model()
-        req, q, docs = _prepared(self, query, documents, instruction, top_n, fps, max_frames,
-                                 fitter=self._sync_fitter())
+        req, q, docs = _prepared(self, query, documents, instruction, top_n, fps, max_frames)
         key = "query" if path == "/rerank" else "queries"
         parse = _rerank_scores if path == "/rerank" else _score_scores
         model = await self.model()

@@ -90,7 +90,17 @@ def mixed_batch(tmp: Path, n: int = 32) -> list[dict]:
     return out
 
 
-LONG_TEXT = "hello world " * 6000  # ~12,000 tokens: longer than the reranker's 10,240
+def _long_text(n_words: int = 3300, seed: int = 7) -> str:
+    """Varied words (not one phrase repeated), so where the cut falls changes the score."""
+    import random
+
+    words = ("cat mat dog sun rain tree river stone cloud bird green quick slow paper market "
+             "window light music train house field glass night story water").split()
+    rng = random.Random(seed)
+    return " ".join(rng.choice(words) for _ in range(n_words))
+
+
+LONG_TEXT = _long_text()  # ~12,300 tokens (tiny tokenizer): longer than the reranker's 10,240
 
 
 def rerank_cases(tmp: Path) -> dict[str, dict]:
@@ -114,6 +124,7 @@ def rerank_cases(tmp: Path) -> dict[str, dict]:
         "no instruction": {"query": q, "documents": [{"text": "a cat"}], "instruction": None},
         "empty document(NULL)": {"query": q, "documents": [{}]},
         "over max_length": {"query": q, "documents": [{"text": LONG_TEXT}]},
+        "over max_length+image": {"query": q, "documents": [{"image": img, "text": LONG_TEXT}]},
     }
 
 

@@ -74,7 +74,7 @@ def _plain_side(obj: dict) -> dict:
     return {"content": parts} if parts else ""
 
 
-PLAIN = [c for c in CASES if c != "over max_length"]  # vLLM answers 400 there (README)
+PLAIN = CASES  # over-long pairs included: the plugin truncates them as the reference does
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/rerank", "/score"])
@@ -96,7 +96,24 @@ def test_plain_http_parity(case, endpoint, reranker_server, reference_reranker, 
         got = [x["relevance_score"] for x in sorted(r.json()["results"], key=lambda x: x["index"])]
     else:
         got = [x["score"] for x in sorted(r.json()["data"], key=lambda x: x["index"])]
+    for g, e in zip(got, ref):
+        print(f"PARITY rerank plain {endpoint} {case}: reference {e:.7f} vllm {g:.7f} diff {abs(g - e):.2e}")
     assert max(abs(g - e) for g, e in zip(got, ref)) <= TOL
+
+
+def test_over_length_cut_position_matters(reference_reranker, rerank_media):
+    """The over-length cases can fail: cutting the pair 14 tokens off (an image counted as one
+    token instead of its 15) moves the reference score by more than the parity bound."""
+    inputs = rerank_cases(rerank_media)["over max_length+image"]
+    right = reference_reranker.process(inputs)[0]
+    keep = reference_reranker.max_length
+    try:
+        reference_reranker.max_length = keep - 14
+        wrong = reference_reranker.process(inputs)[0]
+    finally:
+        reference_reranker.max_length = keep
+    print(f"PARITY rerank cut sensitivity: right {right:.7f} off-by-14 {wrong:.7f}")
+    assert abs(right - wrong) > 10 * TOL
 
 
 def test_twenty_documents_one_request(rclient, reference_reranker):
