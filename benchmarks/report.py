@@ -55,8 +55,9 @@ def markdown(res: dict) -> str:
     if res.get("plugin_overhead"):
         p = res["plugin_overhead"]
         lines += ["", f"Plugin-configured server / plain vLLM with hand-written flags (req/s, "
-                      f"concurrency {p['concurrency']}): **{p['ratio']:.3f}** "
-                      f"(overhead {100 * (1 - p['ratio']):+.1f} %)"]
+                      f"concurrency {p['concurrency']}, median of {len(p.get('rounds', []))} "
+                      f"alternating rounds): **{p['ratio']:.3f}** (range {p.get('ratio_min', p['ratio']):.3f}"
+                      f"–{p.get('ratio_max', p['ratio']):.3f}; overhead {100 * (1 - p['ratio']):+.1f} %)"]
     if res.get("crosscheck"):
         c = res["crosscheck"]
         lines += ["", f"Cross-check with `vllm bench serve --backend {c['backend']}` "

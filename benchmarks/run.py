@@ -33,6 +33,7 @@ import report  # noqa: E402
 import serving  # noqa: E402
 import workloads  # noqa: E402
 
+TMP = HERE / "results" / "media"
 SIZING = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.25", "--max-num-seqs", "64"]
 
 
@@ -112,15 +113,64 @@ def served_model(base_url: str) -> str:
     return httpx.get(base_url + "/models", timeout=30).json()["data"][0]["id"]
 
 
-def serve_levels(server, label, endpoint, mode, workload, factory, levels, n_requests, items_per_request):
+def distinct(name: str, count: int, *, first_variant: int) -> list:
+    """``count`` items of an embedding workload, drawn from variants not used elsewhere."""
+    out, k = [], first_variant
+    while len(out) < count:
+        out += workloads.build(name, TMP, variant=k)[1]
+        k += 1
+    return out[:count]
+
+
+def serve_levels(server, label, endpoint, mode, workload, make_sender, items, levels, n_requests):
+    """One level per concurrency; level i sends items[i*n : (i+1)*n], each request different."""
     from serving import PeakMemory, level
 
     with PeakMemory(server.proc.pid) as mem:
-        results = [level(factory, n_requests=n_requests, concurrency=c) for c in levels]
+        results = [level(make_sender(items[i * n_requests:(i + 1) * n_requests]), n_requests=n_requests,
+                         concurrency=c) for i, c in enumerate(levels)]
     print(f"[bench] {label} {endpoint} {mode} {workload}: " + ", ".join(
         f"c={r['concurrency']} {r['requests_per_s']:.1f} req/s p99 {r['p99_ms']:.0f} ms" for r in results), flush=True)
     return {"server": label, "endpoint": endpoint, "mode": mode, "workload": workload,
             "peak_mib": mem.peak_mib, "levels": results}
+
+
+def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, n_requests: int, concurrency: int,
+                    first_variant: int) -> dict:
+    """Plugin-configured server vs plain vLLM with the equivalent hand-written flags.
+
+    Both servers run side by side and are measured in alternating rounds (ABBA order) on the
+    same requests, each new to both, so drift on a shared machine hits both equally.
+    """
+    from qwen3vl_vllm.launcher import ServerProcess, free_port, vllm_env
+
+    port = free_port()
+    plain_env = dict(vllm_env(), VLLM_PLUGINS="__none__")
+    rows = []
+    with ServerProcess(ckpt, extra_args=SIZING, log_path=logs / "overhead-plugin.log") as plug, \
+            ServerProcess(ckpt, port=port, env=plain_env, log_path=logs / "overhead-plain.log",
+                          full_args=plain_args("embedding", ckpt, port)) as plain:
+        model_plug, model_plain = served_model(plug.base_url), served_model(plain.base_url)
+        for r in range(rounds):
+            items = distinct("mixed", n_requests, first_variant=first_variant + 10 * r)
+            order = [("plugin", plug, model_plug), ("plain", plain, model_plain)]
+            if r % 2:
+                order.reverse()
+            got = {}
+            for name, srv, model in order:
+                lv = serving.level(serving.http_sender(srv.base_url, "/embeddings",
+                                                       embedding_bodies(items, model), 1),
+                                   n_requests=n_requests, concurrency=concurrency)
+                if lv["failed"]:
+                    raise RuntimeError(f"overhead round {r} {name}: {lv['failures'][:2]}")
+                got[name] = lv["requests_per_s"]
+            rows.append({"round": r, "plugin_rps": got["plugin"], "plain_rps": got["plain"],
+                         "ratio": got["plugin"] / got["plain"]})
+            print(f"[bench] overhead round {r}: plugin {got['plugin']:.1f} req/s, plain "
+                  f"{got['plain']:.1f} req/s, ratio {rows[-1]['ratio']:.3f}", flush=True)
+    ratios = sorted(x["ratio"] for x in rows)
+    return {"concurrency": concurrency, "requests_per_round": n_requests, "rounds": rows,
+            "ratio": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1]}
 
 
 def vllm_bench(base_url: str, model: str, ckpt: str, out: Path, *, concurrency: int, num_prompts: int,
@@ -156,6 +206,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"{mode}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "media"
+    global TMP
+    TMP = tmp
     cache = ROOT / ".cache" / "checkpoints"
     t0 = time.monotonic()
     res = {"mode": mode, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -163,27 +215,28 @@ def main(argv=None) -> int:
     emb_ckpt = str(ensure_checkpoint(cache, kind="embedding", size="tiny"))
     rr_ckpt = str(ensure_checkpoint(cache, kind="reranker", size="tiny"))
     engine = {"enforce_eager": True, "gpu_memory_utilization": 0.25, "max_num_seqs": 64}
-    repeats = 3 if args.full else 2
+    timed = 3 if args.full else 2  # timed sets per workload, each new to both sides
+
+    def sets(name: str, n: int = timed) -> list:
+        return [workloads.build(name, tmp, variant=k)[1] for k in range(n + 1)]
 
     # ---- offline: reference vs vLLM, same inputs, parity first
     emb_names = (["mixed", "text-short", "text-long", "images", "screenshots", "video-frames", "video-mp4"]
                  if args.full else ["mixed", "text-short"])
-    emb_work = {n: workloads.build(n, tmp)[1] for n in emb_names}
-    for r in offline.embedding(emb_ckpt, emb_work, dtype="float32", repeats=repeats, engine_kwargs=engine):
+    emb_work = {n: sets(n) for n in emb_names}
+    for r in offline.embedding(emb_ckpt, emb_work, dtype="float32", engine_kwargs=engine):
         res["offline"].append({"model": "tiny", **r})
     print(f"[bench] offline embedding done ({time.monotonic() - t0:.0f}s)", flush=True)
-    _, rerank_in = workloads.build("rerank-1x20", tmp)
     res["offline"].append({"model": "tiny", "workload": "rerank-1x20",
-                           **offline.reranker(rr_ckpt, rerank_in, dtype="float32", repeats=repeats,
+                           **offline.reranker(rr_ckpt, sets("rerank-1x20"), dtype="float32",
                                               engine_kwargs=engine)})
     print(f"[bench] offline reranker done ({time.monotonic() - t0:.0f}s)", flush=True)
 
     # ---- near the physical limit: matmul peak and MFU of the text workload
     if args.full:
         big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
-        _, mfu_in = workloads.build("text-mfu", tmp)
         # text only: no media profiling of the 24-layer vision tower at start-up (minutes on CPU)
-        r = offline.embedding(big, {"text-mfu": mfu_in}, dtype="bfloat16", repeats=2,
+        r = offline.embedding(big, {"text-mfu": sets("text-mfu", 1)}, dtype="bfloat16",
                               engine_kwargs={"gpu_memory_utilization": 0.35, "max_num_seqs": 32,
                                              "enforce_eager": True, "max_num_batched_tokens": 4096,
                                              "limit_mm_per_prompt": {"image": 0, "video": 0}})[0]
@@ -203,54 +256,47 @@ def main(argv=None) -> int:
                   "peak_gflops": peak, "mfu": tok_s * gflop_tok / peak}
     print(f"[bench] MFU {res['mfu']['mfu']:.4f} ({time.monotonic() - t0:.0f}s)", flush=True)
 
-    # ---- serving
+    # ---- serving: every request carries items no earlier request carried (no cache answers)
     levels = [1, 4, 16, 64] if args.full else [1, 4, 16]
     n_req = 192 if args.full else 48
+    rr_levels, rr_n = ([1, 4, 16], 16) if args.full else ([1, 4], 8)
     logs = out / "logs"
-    mixed = emb_work["mixed"]
-    text = emb_work["text-short"]
+    mixed = distinct("mixed", 2 * n_req * len(levels), first_variant=timed + 1)
+    http_items, client_items = mixed[:n_req * len(levels)], mixed[n_req * len(levels):]
+    text = distinct("text-short", n_req, first_variant=timed + 1)
+    rr_sets = [workloads.build("rerank-1x20", tmp, variant=100 + k)[1]
+               for k in range(2 * rr_n * len(rr_levels))]
     with ServerProcess(emb_ckpt, extra_args=SIZING, log_path=logs / "plugin-embedding.log") as srv:
         model = served_model(srv.base_url)
-        bodies = embedding_bodies(mixed, model)
-        res["serving"].append(serve_levels(srv, "plugin", "/v1/embeddings", "http", "mixed",
-                                           serving.http_sender(srv.base_url, "/embeddings", bodies, 1),
-                                           levels, n_req, 1))
-        res["serving"].append(serve_levels(srv, "plugin", "/v1/embeddings", "client", "mixed",
-                                           serving.client_sender(srv.base_url, "embedding", mixed),
-                                           levels, n_req, 1))
-        text_bodies = embedding_bodies(text, model)
-        ours = serving.level(serving.http_sender(srv.base_url, "/embeddings", text_bodies, 1),
+        bodies = embedding_bodies(http_items, model)
+        res["serving"].append(serve_levels(
+            srv, "plugin", "/v1/embeddings", "http", "mixed",
+            lambda part: serving.http_sender(srv.base_url, "/embeddings", part, 1), bodies, levels, n_req))
+        res["serving"].append(serve_levels(
+            srv, "plugin", "/v1/embeddings", "client", "mixed",
+            lambda part: serving.client_sender(srv.base_url, "embedding", part), client_items, levels, n_req))
+        ours = serving.level(serving.http_sender(srv.base_url, "/embeddings", embedding_bodies(text, model), 1),
                              n_requests=n_req, concurrency=4)
         bench_rps = vllm_bench(srv.base_url, model, emb_ckpt, out, concurrency=4, num_prompts=n_req,
                                input_len=12)
         res["crosscheck"] = {"backend": "openai-embeddings-chat", "concurrency": 4, "num_prompts": n_req,
                              "input_len": 12, "vllm_bench_rps": bench_rps,
                              "ours_rps": ours["requests_per_s"], "ratio": bench_rps / ours["requests_per_s"],
-                             "note": "Same server; vLLM's random dataset (12 random tokens, default "
-                                     "system prompt added by the template) vs our text-short bodies."}
-    port = free_port()
-    plain_env = dict(vllm_env(), VLLM_PLUGINS="__none__")
-    with ServerProcess(emb_ckpt, port=port, env=plain_env, log_path=logs / "plain-embedding.log",
-                       full_args=plain_args("embedding", emb_ckpt, port)) as srv:
-        bodies = embedding_bodies(mixed, served_model(srv.base_url))
-        res["serving"].append(serve_levels(srv, "plain vLLM", "/v1/embeddings", "http", "mixed",
-                                           serving.http_sender(srv.base_url, "/embeddings", bodies, 1),
-                                           levels, n_req, 1))
-    plug = next(s for s in res["serving"] if s["server"] == "plugin" and s["mode"] == "http")
-    plain = next(s for s in res["serving"] if s["server"] == "plain vLLM")
-    c = levels[-1]
-    ratio = (next(lv for lv in plug["levels"] if lv["concurrency"] == c)["requests_per_s"]
-             / next(lv for lv in plain["levels"] if lv["concurrency"] == c)["requests_per_s"])
-    res["plugin_overhead"] = {"concurrency": c, "ratio": ratio}
+                             "note": "Same server, both sending prompts it has not seen: vLLM's random "
+                                     "dataset (12 random tokens + the template's system prompt) vs our "
+                                     "text-short bodies (6-18 words + the same system prompt)."}
+    res["plugin_overhead"] = plugin_overhead(emb_ckpt, logs, rounds=5 if args.full else 3,
+                                             n_requests=n_req, concurrency=16, first_variant=timed + 50)
     with ServerProcess(rr_ckpt, extra_args=SIZING, log_path=logs / "plugin-reranker.log") as srv:
-        body = rerank_body(srv.base_url, rerank_in, served_model(srv.base_url))
-        rr_levels = [1, 4, 16] if args.full else [1, 4]
-        res["serving"].append(serve_levels(srv, "plugin", "/v1/rerank", "http", "rerank-1x20",
-                                           serving.http_sender(srv.url, "/v1/rerank", [body], 20),
-                                           rr_levels, max(8, n_req // 4), 20))
-        res["serving"].append(serve_levels(srv, "plugin", "/score", "client", "rerank-1x20",
-                                           serving.client_sender(srv.base_url, "reranker", rerank_in),
-                                           rr_levels, max(8, n_req // 4), 20))
+        model = served_model(srv.base_url)
+        half = rr_n * len(rr_levels)
+        bodies = [rerank_body(srv.base_url, x, model) for x in rr_sets[:half]]
+        res["serving"].append(serve_levels(
+            srv, "plugin", "/v1/rerank", "http", "rerank-1x20",
+            lambda part: serving.http_sender(srv.url, "/v1/rerank", part, 20), bodies, rr_levels, rr_n))
+        res["serving"].append(serve_levels(
+            srv, "plugin", "/score", "client", "rerank-1x20",
+            lambda part: serving.client_sender(srv.base_url, "reranker", part), rr_sets[half:], rr_levels, rr_n))
     res["seconds"] = time.monotonic() - t0
     report.write(res, out)
     print(report.markdown(res))

@@ -136,9 +136,10 @@ def client_sender(base_url: str, kind: str, inputs, timeout: float = 120):
         else:
             client = AsyncRerankClient(base_url=base_url, timeout=timeout, max_retries=0)
 
-            async def send(k: int):
-                await client.score(inputs["query"], inputs["documents"])
-                return len(inputs["documents"]), 0
+            async def send(k: int):  # inputs: a list of {"query", "documents"} sets
+                x = inputs[k % len(inputs)]
+                await client.score(x["query"], x["documents"])
+                return len(x["documents"]), 0
 
         return send, client.close
 

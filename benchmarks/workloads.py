@@ -72,10 +72,14 @@ def _mp4(rng: random.Random, n: int, path: Path) -> str:
     return str(path)
 
 
-def build(name: str, tmp: Path) -> tuple[str, object]:
-    """-> (kind, inputs): a list of input dicts (embedding) or one reranker input dict."""
+def build(name: str, tmp: Path, variant: int = 0) -> tuple[str, object]:
+    """-> (kind, inputs): a list of input dicts (embedding) or one reranker input dict.
+
+    ``variant`` draws a different set of the same shape: timed runs use sets the engine has
+    never seen, so vLLM's prefix and multimodal caches cannot answer from a previous run.
+    """
     sp = spec(name)
-    rng = random.Random(f"{sp['seed']}-{name}")
+    rng = random.Random(f"{sp['seed']}-{name}" + (f"-v{variant}" if variant else ""))
     kind, typ, n = sp["kind"], sp["type"], sp.get("items", 0)
     if typ == "text":
         lo, hi = sp["words"]
@@ -88,9 +92,10 @@ def build(name: str, tmp: Path) -> tuple[str, object]:
     if typ == "video":
         return kind, [{"video": _frames(rng, sp["frames"])} for _ in range(n)]
     if typ == "mp4":
-        return kind, [{"video": _mp4(rng, sp["frames"], tmp / f"{name}-{i}.mp4")} for i in range(n)]
+        return kind, [{"video": _mp4(rng, sp["frames"], tmp / f"{name}-v{variant}-{i}.mp4")}
+                      for i in range(n)]
     if typ == "mixed":
-        pools = [build(p, tmp)[1] for p in sp["parts"]]
+        pools = [build(p, tmp, variant)[1] for p in sp["parts"]]
         out = []
         for i in range(n):
             pool = pools[i % len(pools)]
@@ -100,7 +105,7 @@ def build(name: str, tmp: Path) -> tuple[str, object]:
             out.append(item)
         return kind, out
     if typ == "rerank":
-        pools = [build(p, tmp)[1] for p in sp["parts"]]
+        pools = [build(p, tmp, variant)[1] for p in sp["parts"]]
         docs = [pools[i % len(pools)][i // len(pools) % len(pools[i % len(pools)])]
                 for i in range(sp["documents"])]
         return kind, {"query": {"text": _text(rng, 6, 12)}, "documents": docs}

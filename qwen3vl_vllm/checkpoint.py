@@ -7,7 +7,9 @@ writes one from a seed:
 - ``tiny``: hidden 64, 2 layers, vision depth 2 -- seconds to build, for tests and the demo;
 - ``2b``: the real 2B shape (SPEC §3) in bf16 -- for throughput benchmarks.
 
-Weights are drawn with std 0.1 (the HF default 0.02 makes every output alike). The tokenizer is a
+Weights are drawn with std 0.1 for ``tiny`` (the HF default 0.02 makes every output of a 2-layer
+model alike) and 0.02 for ``2b`` (at 0.1, 28 layers of width 2,048 blow the residual stream up
+until bf16 rounding decides the output, so no two bf16 implementations agree). The tokenizer is a
 byte-level BPE trained here on a fixed corpus, with the Qwen special tokens and ``yes``/``no``
 as single tokens. The kind (embedding/reranker) is marked twice, as the real checkpoints do it by
 name: the directory name contains ``Qwen3-VL-Embedding``/``Qwen3-VL-Reranker`` and config.json
@@ -55,14 +57,14 @@ SHAPES = {
                   num_key_value_heads=1, head_dim=32, vocab_size=2048, mrope_section=[6, 5, 5]),
         vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
                     deepstack_visual_indexes=[1], num_position_embeddings=2304),
-        tie=False, dtype="float32",
+        tie=False, dtype="float32", std=0.1,
     ),
     "2b": dict(
         text=dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                   num_key_value_heads=8, head_dim=128, vocab_size=151936, mrope_section=[24, 20, 20]),
         vision=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
                     deepstack_visual_indexes=[5, 11, 17], num_position_embeddings=2304),
-        tie=True, dtype="bfloat16",
+        tie=True, dtype="bfloat16", std=0.02,
     ),
 }
 
@@ -116,7 +118,7 @@ def _template() -> str:
 
 
 def build_checkpoint(out_dir: str | Path, *, kind: str = "embedding", size: str = "tiny",
-                     seed: int = 0, std: float = 0.1) -> Path:
+                     seed: int = 0, std: float | None = None) -> Path:
     """Write a random Qwen3-VL checkpoint of ``kind``/``size`` to ``out_dir`` and return its path."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -129,6 +131,7 @@ def build_checkpoint(out_dir: str | Path, *, kind: str = "embedding", size: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[size]
+    std = shape["std"] if std is None else std
     tokenizer = build_tokenizer(out, seed=seed)
     tokenizer.chat_template = _template()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -201,8 +204,9 @@ def ensure_checkpoint(root: str | Path, *, kind: str, size: str = "tiny", seed: 
     """Build the checkpoint under ``root`` unless a complete one is already there."""
     path = Path(root) / default_name(kind, size)
     marker = path / ".complete"
-    if marker.exists() and marker.read_text() == f"{kind} {size} {seed}":
+    stamp = f"{kind} {size} {seed} std={SHAPES[size]['std']}"
+    if marker.exists() and marker.read_text() == stamp:
         return path
     build_checkpoint(path, kind=kind, size=size, seed=seed)
-    marker.write_text(f"{kind} {size} {seed}")
+    marker.write_text(stamp)
     return path

@@ -19,6 +19,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Mapping, Sequence
 
 from . import exitguard
@@ -30,6 +32,11 @@ from .plugin import chat_template_path, engine_defaults
 exitguard.record_exit_codes()  # before a script's `sys.exit(main())` looks sys.exit up
 
 PROGRESS_THRESHOLD = 64
+# vLLM's CPU worker keeps one core for the front-end (reserve 1 of 2 here: half the compute).
+# Offline, the front-end prepares every input before the engine runs and then waits, so the
+# reserved core would sit idle: give it to the model unless the user chose otherwise.
+# Measured on the 2-core CI machine, reranking 1x20 unseen pairs: 1.03 s -> 0.66 s per call.
+RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 def _engine_kwargs(kind: str, user: dict) -> dict:
@@ -55,6 +62,8 @@ class _Engine:
         from vllm import LLM
 
         exitguard.install()
+        if RESERVED_CPU_ENV not in os.environ:  # read by the engine processes started below
+            os.environ[RESERVED_CPU_ENV] = "0"
         self.settings = settings
         self.policy = policy
         self.model_name_or_path = model_name_or_path
