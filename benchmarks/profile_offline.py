@@ -31,13 +31,16 @@ import workloads  # noqa: E402
 
 # stage -> substrings of a frame ("function (file:line)"); first match from the leaf upwards wins
 STAGES = [
+    ("busy-wait for work (vLLM shm spin)", ("sched_yield", "SpinCondition.wait", "acquire_read",
+                                            "memory_fence", "timeout_ms (vllm/distributed")),
     ("image resize (PIL)", ("resize (PIL/Image.py", "Image.resize", "ImagingCore")),
     ("image decode/encode", ("PngImagePlugin", "ImageFile.load", "Image.open", "encode_png")),
     ("video decode", ("av/", "read_video_file", "decode_video")),
     ("HF image/video processor", ("image_processing_", "video_processing_", "processing_qwen3_vl",
                                   "BaseImageProcessorFast")),
     ("tokenizer / chat template", ("tokenization_", "apply_chat_template", "jinja2")),
-    ("vision tower forward", ("visual", "Qwen3VLVision", "vision_model")),
+    ("vision tower forward", ("visual", "Qwen3VLVision", "Qwen3_Vision", "vision_model",
+                              "vit_attn_wrappers", "mm_input_norm", "layers/conv.py")),
     ("language model forward", ("Qwen3Model", "Qwen3VLTextModel", "language_model", "model_executor/models",
                                 "modeling_qwen3_vl")),
     ("vLLM scheduling / IPC", ("v1/engine", "v1/core/sched", "msgspec", "zmq", "multiproc_executor",
@@ -63,7 +66,8 @@ def summarize(raw: Path) -> dict:
             continue
         n = int(count_s)
         stack = stack_s.split(";")
-        proc = stack[0] if stack[0].startswith("process ") else "main"
+        procs_in_stack = [f for f in stack if f.startswith("process ")]
+        proc = procs_in_stack[-1] if procs_in_stack else "main"  # the innermost process
         label = proc.split('"')[1][:60] if '"' in proc else proc
         procs[label] += n
         if any("idle" in f or "wait (threading" in f or "select (selectors" in f or "poll" in f
@@ -71,7 +75,7 @@ def summarize(raw: Path) -> dict:
             stages["idle / waiting"] += n
         else:
             stages[_stage(stack)] += n
-        for f in set(stack[1:] if proc != "main" else stack):
+        for f in set(stack):
             inclusive[f] += n
         leaf[stack[-1]] += n
         total += n
