@@ -84,7 +84,8 @@ def summarize(raw: Path) -> dict:
             "inclusive_top": share(inclusive), "self_top": share(leaf)}
 
 
-def record(out: Path, seconds_hint: float, fn) -> Path:
+def record(out: Path, fn) -> tuple[Path, float]:
+    """Run ``fn`` under py-spy; (raw stacks file, seconds ``fn`` took, attaching excluded)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise SystemExit("py-spy is not installed: pip install 'qwen3vl-vllm[bench]' (or pip install py-spy)")
@@ -101,7 +102,7 @@ def record(out: Path, seconds_hint: float, fn) -> Path:
     if not raw.exists():
         raise SystemExit(f"py-spy wrote nothing: {proc.stderr.read().decode()[-800:]}")
     print(f"[profile] {out.name}: {elapsed:.2f}s sampled", flush=True)
-    return raw
+    return raw, elapsed
 
 
 def main(argv=None) -> int:
@@ -130,16 +131,13 @@ def main(argv=None) -> int:
     result = {"workload": args.workload, "loops": args.loops}
     ref = Ref(ckpt, dtype="float32")
     ref.process(inputs)
-    t0 = time.perf_counter()
-    raw = record(out / f"profile-{args.workload}-reference", 0, lambda: [ref.process(x) for x in fresh])
-    result["reference"] = {"seconds_per_call": (time.perf_counter() - t0) / args.loops, **summarize(raw)}
+    raw, seconds = record(out / f"profile-{args.workload}-reference", lambda: [ref.process(x) for x in fresh])
+    result["reference"] = {"seconds_per_call": seconds / args.loops, **summarize(raw)}
     del ref
     with Engine(ckpt, dtype="float32", **engine) as model:
         model.process(inputs)
-        t0 = time.perf_counter()
-        raw = record(out / f"profile-{args.workload}-vllm", 0,
-                     lambda: [model.process(x) for x in fresh])
-        result["vllm"] = {"seconds_per_call": (time.perf_counter() - t0) / args.loops, **summarize(raw)}
+        raw, seconds = record(out / f"profile-{args.workload}-vllm", lambda: [model.process(x) for x in fresh])
+        result["vllm"] = {"seconds_per_call": seconds / args.loops, **summarize(raw)}
     (out / f"profile-{args.workload}.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Profile: {args.workload} ({args.loops} calls each, tiny checkpoint, float32)", ""]
     for side in ("reference", "vllm"):

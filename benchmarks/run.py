@@ -33,7 +33,6 @@ import report  # noqa: E402
 import serving  # noqa: E402
 import workloads  # noqa: E402
 
-TMP = HERE / "results" / "media"
 SIZING = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.25", "--max-num-seqs", "64"]
 
 
@@ -113,11 +112,11 @@ def served_model(base_url: str) -> str:
     return httpx.get(base_url + "/models", timeout=30).json()["data"][0]["id"]
 
 
-def distinct(name: str, count: int, *, first_variant: int) -> list:
+def distinct(name: str, count: int, *, first_variant: int, tmp: Path) -> list:
     """``count`` items of an embedding workload, drawn from variants not used elsewhere."""
     out, k = [], first_variant
     while len(out) < count:
-        out += workloads.build(name, TMP, variant=k)[1]
+        out += workloads.build(name, tmp, variant=k)[1]
         k += 1
     return out[:count]
 
@@ -136,7 +135,7 @@ def serve_levels(server, label, endpoint, mode, workload, make_sender, items, le
 
 
 def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, n_requests: int, concurrency: int,
-                    first_variant: int) -> dict:
+                    first_variant: int, tmp: Path) -> dict:
     """Plugin-configured server vs plain vLLM with the equivalent hand-written flags.
 
     Both servers run side by side and are measured in alternating rounds (ABBA order) on the
@@ -152,7 +151,7 @@ def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, n_requests: int, conc
                           full_args=plain_args("embedding", ckpt, port)) as plain:
         model_plug, model_plain = served_model(plug.base_url), served_model(plain.base_url)
         for r in range(rounds):
-            items = distinct("mixed", n_requests, first_variant=first_variant + 10 * r)
+            items = distinct("mixed", n_requests, first_variant=first_variant + 10 * r, tmp=tmp)
             order = [("plugin", plug, model_plug), ("plain", plain, model_plain)]
             if r % 2:
                 order.reverse()
@@ -206,8 +205,6 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"{mode}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "media"
-    global TMP
-    TMP = tmp
     cache = ROOT / ".cache" / "checkpoints"
     t0 = time.monotonic()
     res = {"mode": mode, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -261,9 +258,9 @@ def main(argv=None) -> int:
     n_req = 192 if args.full else 48
     rr_levels, rr_n = ([1, 4, 16], 16) if args.full else ([1, 4], 8)
     logs = out / "logs"
-    mixed = distinct("mixed", 2 * n_req * len(levels), first_variant=timed + 1)
+    mixed = distinct("mixed", 2 * n_req * len(levels), first_variant=timed + 1, tmp=tmp)
     http_items, client_items = mixed[:n_req * len(levels)], mixed[n_req * len(levels):]
-    text = distinct("text-short", n_req, first_variant=timed + 1)
+    text = distinct("text-short", n_req, first_variant=timed + 1, tmp=tmp)
     rr_sets = [workloads.build("rerank-1x20", tmp, variant=100 + k)[1]
                for k in range(2 * rr_n * len(rr_levels))]
     with ServerProcess(emb_ckpt, extra_args=SIZING, log_path=logs / "plugin-embedding.log") as srv:
@@ -286,7 +283,8 @@ def main(argv=None) -> int:
                                      "dataset (12 random tokens + the template's system prompt) vs our "
                                      "text-short bodies (6-18 words + the same system prompt)."}
     res["plugin_overhead"] = plugin_overhead(emb_ckpt, logs, rounds=5 if args.full else 3,
-                                             n_requests=n_req, concurrency=16, first_variant=timed + 50)
+                                             n_requests=n_req, concurrency=16, first_variant=timed + 50,
+                                             tmp=tmp)
     with ServerProcess(rr_ckpt, extra_args=SIZING, log_path=logs / "plugin-reranker.log") as srv:
         model = served_model(srv.base_url)
         half = rr_n * len(rr_levels)

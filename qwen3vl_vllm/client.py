@@ -167,6 +167,14 @@ class _Settings:
         base = min(self.backoff * (2 ** attempt), self.backoff_max)
         return base * (1 + random.random() * 0.25)
 
+    def give_up(self, err: Exception, attempt: int) -> bool:
+        """True when ``err`` after ``attempt`` retries is final (then its message says how many)."""
+        if attempt < self.max_retries and _retryable(err):
+            return False
+        if attempt and isinstance(err, APIError):
+            err.args = (f"{err.args[0]} (after {attempt + 1} attempts)",)
+        return True
+
 
 def _map_openai_error(exc: Exception, where: str) -> Exception:
     import openai
@@ -247,9 +255,7 @@ class _Client(_Base):
                 return self._openai.post(path, body=body, cast_to=object)
             except Exception as e:  # noqa: BLE001
                 err = _map_openai_error(e, where)
-            if attempt >= self._s.max_retries or not _retryable(err):
-                if attempt and isinstance(err, APIError):
-                    err.args = (f"{err.args[0]} (after {attempt + 1} attempts)",)
+            if self._s.give_up(err, attempt):
                 raise err
             time.sleep(self._s.delay(attempt))
             attempt += 1
@@ -286,9 +292,7 @@ class _AsyncClient(_Base):
                 return await self._openai.post(path, body=body, cast_to=object)
             except Exception as e:  # noqa: BLE001
                 err = _map_openai_error(e, where)
-            if attempt >= self._s.max_retries or not _retryable(err):
-                if attempt and isinstance(err, APIError):
-                    err.args = (f"{err.args[0]} (after {attempt + 1} attempts)",)
+            if self._s.give_up(err, attempt):
                 raise err
             await asyncio.sleep(self._s.delay(attempt))
             attempt += 1

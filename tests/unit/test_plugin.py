@@ -93,7 +93,7 @@ def test_serve_keep_alive_outlives_client_pools(monkeypatch):
     plugin.apply_serve_defaults(ns)
     server_s = int(os.environ[plugin.KEEP_ALIVE_ENV])
     # httpx (and the openai SDK on it) expires idle pooled connections after this many seconds
-    client_s = httpx.AsyncClient()._transport._pool._keepalive_expiry
+    client_s = httpx.Limits().keepalive_expiry
     assert server_s > client_s + 5, (server_s, client_s)
     monkeypatch.setenv(plugin.KEEP_ALIVE_ENV, "7")
     plugin.apply_serve_defaults(ns)
