@@ -129,16 +129,19 @@ def split_videos(value: Any) -> list:
 
 
 def sample_frame_list(frames: Sequence[Any], max_frames: int) -> list:
-    """The reference's frame-list reduction: indices = int(linspace(0, n-1, max_frames))."""
+    """The reference's frame-list reduction (upstream ``sample_frames``).
+
+    A list of ``n <= max_frames`` frames is used exactly as given: never stretched or repeated.
+    A longer list keeps ``int(linspace(0, n-1, max_frames))``, numpy's indices.
+    """
     n = len(frames)
-    if n == 0:
-        return []
+    if n <= max_frames:
+        return list(frames)
     if max_frames == 1:
         return [frames[0]]
     step = (n - 1) / (max_frames - 1)
-    # numpy's linspace computes start + i*step, then the int cast truncates.
-    idx = [int(i * step) for i in range(max_frames)]
-    idx[-1] = n - 1 if max_frames > 1 else idx[-1]
+    # numpy's linspace computes start + i*step (the last one exactly n-1); int() truncates.
+    idx = [int(i * step) for i in range(max_frames - 1)] + [n - 1]
     return [frames[i] for i in idx]
 
 
@@ -267,7 +270,7 @@ def rerank_request(inputs: Mapping[str, Any], *, settings: MediaSettings = DEFAU
                                   max_frames=max_frames)
                     or [{"type": "text", "text": NULL_TEXT}])
     return RerankRequest(
-        instruction=default_instruction if instruction is None else instruction,
+        instruction=instruction or default_instruction,  # upstream: `instruct or default`
         query=q_parts or [{"type": "text", "text": NULL_TEXT}],
         documents=docs,
     )
@@ -287,20 +290,23 @@ def rerank_conversation(instruction: str, query: list[dict], document: list[dict
 
 
 RERANK_SUFFIX_TOKENS = 5  # <|im_end|> \n <|im_start|> assistant \n
+# The longest reranker prompt: a body cut to RERANK_MAX_LENGTH plus the suffix (upstream rule).
+RERANK_MAX_MODEL_LEN = RERANK_MAX_LENGTH + RERANK_SUFFIX_TOKENS
 
 
 def plain_token_budget(n_tokens: int, n_special: int, max_length: int,
                        suffix: int = RERANK_SUFFIX_TOKENS) -> int | None:
     """How many plain (non-special) body tokens the reranker keeps, or None if nothing is cut.
 
-    The reference tokenises the whole pair; when it is longer than ``max_length`` it keeps every
-    special token of the body (all but the last ``suffix`` tokens), keeps the first plain tokens
-    that still fit, and puts the suffix back. ``n_special`` counts the body's special tokens,
-    media pads included (after expansion).
+    Upstream (``Qwen3VLReranker.tokenize``) tokenises the whole pair and cuts its *body* (all but
+    the last ``suffix`` tokens) when the body is longer than ``max_length``: every special token
+    of the body stays, then the first plain tokens that still fit, then the suffix is put back.
+    A cut pair is therefore ``max_length + suffix`` tokens long. ``n_special`` counts the body's
+    special tokens, media pads included (after expansion).
     """
-    if n_tokens <= max_length:
+    if n_tokens - suffix <= max_length:
         return None
-    return max(0, max_length - suffix - n_special)
+    return max(0, max_length - n_special)
 
 
 def truncate_pair_tokens(ids: list[int], special_ids: set[int], max_length: int, *,

@@ -367,6 +367,15 @@ def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_
     return clip, metadata
 
 
+def vllm_video_metadata(meta: dict) -> dict:
+    """The metadata vLLM's Qwen3-VL processor needs to give the reference's timestamps."""
+    fps = float(meta["fps"])
+    total = int(meta["total_num_frames"])
+    return {"fps": fps, "duration": total / fps, "total_num_frames": total,
+            "frames_indices": [int(i) for i in meta["frames_indices"]],
+            "video_backend": meta.get("video_backend", "frames"), "do_sample_frames": False}
+
+
 def encode_png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)

@@ -82,16 +82,7 @@ class _Engine:
                 n_img += 1
             elif part["type"] == "video":
                 clip, meta = M.fetch_video(part, f"{where}.video[{n_vid}]", self.policy)
-                frames = clip.permute(0, 2, 3, 1).numpy()
-                meta = {
-                    "fps": float(meta["fps"]),
-                    "duration": float(meta["total_num_frames"]) / float(meta["fps"]),
-                    "total_num_frames": int(meta["total_num_frames"]),
-                    "frames_indices": [int(i) for i in meta["frames_indices"]],
-                    "video_backend": meta.get("video_backend", "frames"),
-                    "do_sample_frames": False,
-                }
-                videos.append((frames, meta))
+                videos.append((clip.permute(0, 2, 3, 1).numpy(), M.vllm_video_metadata(meta)))
                 n_vid += 1
         data = {}
         if images:
@@ -198,7 +189,7 @@ class Qwen3VLReranker(_Engine):
 
     def __init__(self, model_name_or_path: str, *, max_length: int = I.RERANK_MAX_LENGTH,
                  **kwargs: Any):
-        kwargs.setdefault("max_model_len", max_length)
+        kwargs.setdefault("max_model_len", max_length + I.RERANK_SUFFIX_TOKENS)
         self.max_length = max_length
         super().__init__(model_name_or_path, **kwargs)
 
@@ -223,7 +214,7 @@ class Qwen3VLReranker(_Engine):
         extra = sum((im.width // I.IMAGE_FACTOR) * (im.height // I.IMAGE_FACTOR) - 1
                     for im in data.get("image", []))
         prompt: dict = {"prompt": chat}
-        if len(ids) + extra > self.max_length:
+        if len(ids) + extra - I.RERANK_SUFFIX_TOKENS > self.max_length:
             if data.get("video"):
                 raise InputError(where, f"the pair is longer than max_length={self.max_length} "
                                  "tokens and contains a video; truncation with videos is not "

@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_LENGTH
+from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_MODEL_LEN
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
@@ -57,6 +57,10 @@ MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
 # balancers. An explicit VLLM_HTTP_TIMEOUT_KEEP_ALIVE always wins.
 KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
 KEEP_ALIVE_S = 75
+# Images and frames sent to the server are prepared as the reference prepares them
+# (``media_connector``), whatever the client sent. An explicit VLLM_MEDIA_CONNECTOR wins.
+MEDIA_CONNECTOR_ENV = "VLLM_MEDIA_CONNECTOR"
+MEDIA_CONNECTOR = "qwen3vl"
 
 
 def detect_kind(model: str | os.PathLike | None) -> str | None:
@@ -137,8 +141,8 @@ def engine_defaults(kind: str) -> dict[str, Any]:
             },
             "mm_processor_kwargs": mm_processor_kwargs(),
             "media_io_kwargs": MEDIA_IO_KWARGS,
-            "max_model_len": RERANK_MAX_LENGTH,
-            "max_num_batched_tokens": RERANK_MAX_LENGTH,
+            "max_model_len": RERANK_MAX_MODEL_LEN,
+            "max_num_batched_tokens": RERANK_MAX_MODEL_LEN,
         }
     raise ValueError(f"unknown kind {kind!r}")
 
@@ -206,6 +210,11 @@ def apply_serve_defaults(args: Any) -> str | None:
     if missing:
         args.middleware = middleware + missing
         logger.info("qwen3vl-vllm: middleware %s", ", ".join(missing))
+    if MEDIA_CONNECTOR_ENV not in os.environ:
+        # read by vLLM's chat/score parsers at each request (API server processes only)
+        os.environ[MEDIA_CONNECTOR_ENV] = MEDIA_CONNECTOR
+        logger.info("qwen3vl-vllm: media connector %r (images and frames prepared as the "
+                    "reference does; set %s to change)", MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV)
     if KEEP_ALIVE_ENV not in os.environ:
         # read by vLLM when it starts uvicorn, after argument validation (this process only)
         os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)
@@ -282,6 +291,14 @@ def register() -> None:
         _STATE["patched"].append("VIDEO_LOADER_REGISTRY['qwen3vl']")
     except Exception as e:  # noqa: BLE001 - a missing optional piece must not stop vLLM
         logger.warning("qwen3vl-vllm: video loader not registered: %s", e)
+    try:
+        from . import media_connector
+
+        media_connector.register()
+        _STATE["patched"].append("MEDIA_CONNECTOR_REGISTRY['qwen3vl']")
+    except Exception as e:  # noqa: BLE001
+        logger.warning("qwen3vl-vllm: media connector not registered (media sent as originals "
+                       "are prepared by vLLM, not as the reference): %s", e)
     try:
         from . import score_truncation
 

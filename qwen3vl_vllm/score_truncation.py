@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .inputs import DEFAULT_SETTINGS, IMAGE_FACTOR, RERANK_MAX_LENGTH, truncate_pair_tokens
+from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, NULL_TEXT, RERANK_MAX_LENGTH,
+                     RERANK_SUFFIX_TOKENS, truncate_pair_tokens)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")
 _SENTINEL = "_qwen3vl_vllm_truncation"
@@ -57,7 +58,7 @@ def fit_pair_ids(ids: list[int], special_ids: set[int], image_sizes: list[tuple[
     """
     extra = sum(image_token_count(w, h, min_pixels=min_pixels, max_pixels=max_pixels) - 1
                 for w, h in image_sizes)
-    if len(ids) + extra <= max_length:
+    if len(ids) + extra - RERANK_SUFFIX_TOKENS <= max_length:
         return ids
     return truncate_pair_tokens(ids, special_ids, max_length, extra_special=extra)
 
@@ -80,7 +81,8 @@ def _settings(processor: Any) -> dict | None:
     settings = None
     if detect_kind(getattr(model_config, "model", None)) == "reranker":
         lo, hi = _pixel_bounds(model_config)
-        settings = {"max_length": min(int(model_config.max_model_len), RERANK_MAX_LENGTH),
+        body_max = int(model_config.max_model_len) - RERANK_SUFFIX_TOKENS
+        settings = {"max_length": min(body_max, RERANK_MAX_LENGTH),
                     "special": set(processor.tokenizer.all_special_ids),
                     "min_pixels": lo, "max_pixels": hi}
     setattr(processor, _SENTINEL, settings)
@@ -119,7 +121,7 @@ def truncate_engine_prompt(processor: Any, engine_prompt: dict, full_prompt: Any
     sizes = _image_sizes(engine_prompt.get("multi_modal_data"))
     if sizes is None:
         return
-    if len(ids) > settings["max_length"] and isinstance(full_prompt, str):
+    if len(ids) > settings["max_length"] + RERANK_SUFFIX_TOKENS and isinstance(full_prompt, str):
         add_special = (encode_kwargs or {}).get("add_special_tokens", True)
         ids = list(processor.tokenizer(full_prompt, add_special_tokens=add_special,
                                        truncation=False)["input_ids"])
@@ -131,6 +133,14 @@ def truncate_engine_prompt(processor: Any, engine_prompt: dict, full_prompt: Any
                      len(ids), len(fitted))
 
 
+def null_side(data: Any) -> Any:
+    """A side with no content at all (``{"content": []}``) is the reference's "NULL" text; an
+    empty string stays an empty text part (SPEC §2)."""
+    if isinstance(data, list) and not data:
+        return NULL_TEXT
+    return data
+
+
 def patch() -> str | None:
     """Wrap ``CrossEncoderIOProcessor.get_score_prompt`` once; returns what was patched."""
     from vllm.entrypoints.pooling.scoring.io_processor import CrossEncoderIOProcessor
@@ -139,9 +149,11 @@ def patch() -> str | None:
     if getattr(original, _SENTINEL, False):
         return None
 
-    def get_score_prompt(self, *args, **kwargs):
-        full_prompt, engine_prompt = original(self, *args, **kwargs)
-        encode_kwargs = kwargs.get("encode_kwargs", args[2] if len(args) > 2 else None)
+    def get_score_prompt(self, data_1, data_2, *args, **kwargs):
+        if _settings(self) is not None:
+            data_1, data_2 = null_side(data_1), null_side(data_2)
+        full_prompt, engine_prompt = original(self, data_1, data_2, *args, **kwargs)
+        encode_kwargs = kwargs.get("encode_kwargs", args[0] if args else None)
         truncate_engine_prompt(self, engine_prompt, full_prompt, encode_kwargs)
         return full_prompt, engine_prompt
 

@@ -42,8 +42,10 @@ def rerank_problem(body: bytes) -> str | None:
     if not isinstance(data, dict):
         return None
     query = data.get("query", data.get("queries", data.get("text_1")))
-    if query in ("", []) or (isinstance(query, dict) and not query.get("content")):
-        return "query: empty. Give the query a text, image or video"
+    # "" is an empty text part, as the reference scores {"text": ""}; only a query with no
+    # content at all would score nothing in the reference
+    if query == [] or (isinstance(query, dict) and not query.get("content")):
+        return "query: empty. Give the query a text, image or video (\"\" is an empty text)"
     docs = data.get("documents", data.get("items", data.get("text_2")))
     if isinstance(docs, list) and not docs:
         return "documents: empty list. Give at least one document"

@@ -8,7 +8,8 @@ qwen-vl-utils does (fps 1.0, at most 64 frames, at least 4), resizes the clip to
 size and returns the frames with the metadata that gives the reference's timestamps. The HF
 processor then sees frames already at their final size and leaves them as they are.
 
-Frame lists (``data:video/jpeg;base64,<f1>,<f2>,...``) do not come here: vLLM reads them itself.
+Frame lists (``data:video/jpeg;base64,<f1>,<f2>,...``) do not come here: the package's media
+connector (``media_connector``) prepares them, and calls ``load_video_file`` for data URLs.
 """
 
 from __future__ import annotations
@@ -23,24 +24,25 @@ from .inputs import DEFAULT_SETTINGS
 NAME = "qwen3vl"
 
 
+def load_video_file(data: bytes, *, fps: float, max_frames: int):
+    """Video file bytes -> (float32 THWC frames, metadata) as the reference prepares them.
+
+    Float frames, not rounded to uint8: the reference hands the processor the float output of
+    its clip resize, and rounding would move the vector (visible whenever the clip is resized).
+    """
+    clip, meta, _ = M.read_video_file(data, "video", fps=fps, max_frames=max_frames)
+    clip = M._resize_clip(clip, total_pixels=M.DEFAULT_TOTAL_PIXELS)
+    meta = {**meta, "video_backend": NAME}
+    return clip.permute(0, 2, 3, 1).contiguous().numpy(), M.vllm_video_metadata(meta)
+
+
 class Qwen3VLVideoLoader(VideoLoader):
     @classmethod
     def load_bytes(cls, data: bytes, num_frames: int = -1, qwen3vl_fps: float | None = None,
                    qwen3vl_max_frames: int | None = None, **kwargs: Any):
         fps = DEFAULT_SETTINGS.fps if qwen3vl_fps is None else float(qwen3vl_fps)
         max_frames = DEFAULT_SETTINGS.max_frames if qwen3vl_max_frames is None else int(qwen3vl_max_frames)
-        clip, meta, _ = M.read_video_file(data, "video", fps=fps, max_frames=max_frames)
-        clip = M._resize_clip(clip, total_pixels=M.DEFAULT_TOTAL_PIXELS)
-        frames = clip.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous().numpy()
-        metadata = {
-            "total_num_frames": int(meta["total_num_frames"]),
-            "fps": float(meta["fps"]),
-            "duration": float(meta["total_num_frames"]) / float(meta["fps"]),
-            "video_backend": NAME,
-            "frames_indices": [int(i) for i in meta["frames_indices"]],
-            "do_sample_frames": False,
-        }
-        return frames, metadata
+        return load_video_file(data, fps=fps, max_frames=max_frames)
 
 
 def register() -> None:

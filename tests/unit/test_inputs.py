@@ -43,14 +43,25 @@ def test_pixel_and_frame_settings():
     frames = I.embedding_conversation({"video": [f"f{i}.png" for i in range(5)], "max_frames": 8})
     part = frames[1]["content"][0]
     assert part["total_pixels"] == 7864320 and "fps" not in part
-    assert len(part["video"]) == 64  # reduced/expanded to the constructor's max_frames
+    # a short list is used as given (never stretched); the item's max_frames does not apply
+    assert part["video"] == [f"f{i}.png" for i in range(5)]
+    many = I.embedding_conversation({"video": [f"f{i}.png" for i in range(100)]})
+    assert len(many[1]["content"][0]["video"]) == 64  # a longer list is reduced to 64
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 63, 64])
+def test_short_frame_lists_are_never_stretched(n):
+    """Upstream ``sample_frames``: ``if n <= max_segments: return frames``. A stretched list
+    (linspace with repeats up to 64) fails here."""
+    frames = [f"f{i}.png" for i in range(n)]
+    assert I.sample_frame_list(frames, 64) == frames
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 63, 64, 65, 200])
 @pytest.mark.parametrize("m", [2, 7, 64])
 def test_frame_sampling_matches_numpy_linspace(n, m):
     frames = list(range(n))
-    expected = [frames[i] for i in np.linspace(0, n - 1, m).astype(int)]
+    expected = frames if n <= m else [frames[i] for i in np.linspace(0, n - 1, m).astype(int)]
     assert I.sample_frame_list(frames, m) == expected
 
 

@@ -9,7 +9,10 @@ from qwen3vl_vllm import plugin
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
-    monkeypatch.delenv(plugin.KIND_ENV, raising=False)
+    # apply_serve_defaults writes these into os.environ: monkeypatch restores them after each
+    # test, so no later server started by the suite inherits them
+    for name in (plugin.KIND_ENV, plugin.KEEP_ALIVE_ENV, plugin.MEDIA_CONNECTOR_ENV):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize("name,kind", [
@@ -104,6 +107,20 @@ def test_serve_keep_alive_outlives_client_pools(monkeypatch):
     assert plugin.KEEP_ALIVE_ENV not in os.environ  # other models: untouched
 
 
+def test_serve_selects_reference_media_connector(monkeypatch):
+    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None,
+                               chat_template=None, middleware=[])
+    plugin.apply_serve_defaults(ns)
+    assert os.environ[plugin.MEDIA_CONNECTOR_ENV] == "qwen3vl"
+    monkeypatch.setenv(plugin.MEDIA_CONNECTOR_ENV, "http")
+    plugin.apply_serve_defaults(ns)
+    assert os.environ[plugin.MEDIA_CONNECTOR_ENV] == "http"  # the user's choice wins
+    monkeypatch.delenv(plugin.MEDIA_CONNECTOR_ENV)
+    plugin.apply_serve_defaults(types.SimpleNamespace(model_tag=None, model="x/other",
+                                                      chat_template=None, middleware=[]))
+    assert plugin.MEDIA_CONNECTOR_ENV not in os.environ  # other models: untouched
+
+
 def test_embedding_template_renders_reference_prompt():
     import jinja2
 
@@ -128,4 +145,5 @@ def test_reranker_template_renders_reference_prompt():
     assert tpl.render(messages=msgs, instruction="Find pets") == expected
     assert "<Instruct>: Given a search query" in tpl.render(messages=msgs)
     empty = tpl.render(messages=[{"role": "query", "content": "q"}, {"role": "document", "content": ""}])
-    assert "\n<Document>:NULL<|im_end|>" in empty
+    assert "\n<Document>:<|im_end|>" in empty  # "" is an empty text part, not NULL
+    assert "<Instruct>: Given a search query" in tpl.render(messages=msgs, instruction="")

@@ -14,11 +14,12 @@ PIX = dict(min_pixels=4096, max_pixels=1843200)
 
 
 def _reference_cut(expanded: list[int], max_length: int) -> list[int]:
-    """The reference's rule on the *expanded* ids, written out independently of the package."""
-    if len(expanded) <= max_length:
-        return expanded
+    """Upstream's rule on the *expanded* ids, written out independently of the package: the body
+    (all but the 5-token suffix) is cut to ``max_length`` when longer, then the suffix put back."""
     body, tail = expanded[:-RERANK_SUFFIX_TOKENS], expanded[-RERANK_SUFFIX_TOKENS:]
-    budget = max_length - RERANK_SUFFIX_TOKENS - sum(t in SPECIAL for t in body)
+    if len(body) <= max_length:
+        return expanded
+    budget = max_length - sum(t in SPECIAL for t in body)
     out = []
     for t in body:
         if t in SPECIAL:
@@ -55,7 +56,7 @@ def test_fit_equals_the_reference_on_expanded_ids(n_plain, sizes):
     fitted = st.fit_pair_ids(ids, SPECIAL, sizes, max_length=max_length, **PIX)
     expected = _reference_cut(_expand(ids, pads), max_length)
     assert _expand(fitted, pads) == expected
-    assert len(_expand(fitted, pads)) <= max_length
+    assert len(_expand(fitted, pads)) <= max_length + RERANK_SUFFIX_TOKENS
 
 
 def test_fitting_pair_is_the_same_object():
@@ -90,7 +91,7 @@ def test_capped_tokenisation_is_redone_in_full(monkeypatch):
     prompt = {"prompt_token_ids": full[:31]}  # vLLM cut at max_model_len + 1: suffix lost
     st.truncate_engine_prompt(proc, prompt, "the full prompt", {"add_special_tokens": False})
     assert tok.calls == [{"add_special_tokens": False, "truncation": False}]
-    assert prompt["prompt_token_ids"] == _reference_cut(full, 30)
+    assert prompt["prompt_token_ids"] == _reference_cut(full, 30 - RERANK_SUFFIX_TOKENS)
     assert prompt["prompt_token_ids"][-RERANK_SUFFIX_TOKENS:] == [902, 5, 901, 6, 7]
 
 

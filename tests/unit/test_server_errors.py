@@ -117,7 +117,7 @@ def test_policy_body_limit(monkeypatch):
 
 
 @pytest.mark.parametrize("body,fragment", [
-    ({"query": "", "documents": ["a"]}, "query: empty"),
+    ({"query": [], "documents": ["a"]}, "query: empty"),
     ({"query": {"content": []}, "documents": ["a"]}, "query: empty"),
     ({"query": "q", "documents": []}, "documents: empty"),
     ({"query": "q", "documents": ["a", "b"], "top_n": 3}, "top_n: 3 is out of range"),
@@ -129,8 +129,9 @@ def test_policy_rerank_checks(monkeypatch, body, fragment):
     assert status == 400 and fragment in json.loads(out)["error"]["message"] and not reached
 
 
-def test_policy_passes_good_rerank(monkeypatch):
-    body = json.dumps({"query": "q", "documents": ["a", "b"], "top_n": 2}).encode()
+@pytest.mark.parametrize("query", ["q", ""])  # "" is an empty text part, scored as the reference does
+def test_policy_passes_good_rerank(monkeypatch, query):
+    body = json.dumps({"query": query, "documents": ["a", ""], "top_n": 2}).encode()
     status, out, reached = _policy_run(monkeypatch, body, path="/v1/rerank", QWEN3VL_MAX_BODY_BYTES="0")
     assert status == 200 and reached == [body]
 
