@@ -1,9 +1,10 @@
 """Thin clients for a qwen3vl-vllm server, built on the openai SDK.
 
 They build the reference's multimodal chat prompt from the same upstream input dicts (via
-``inputs``) and send pixels the server will not change: images pre-resized like the reference
-as lossless PNG data URLs, videos as their sampled, resized frames in one
-``data:video/png;base64,<f1>,<f2>,...`` URL.
+``inputs``). Images travel pre-resized like the reference as lossless PNG data URLs (the
+server's media connector keeps them bit-identical); a frame list travels as its sampled original
+frames in one ``data:video/jpeg;base64,<f1>,<f2>,...`` URL and a video file as itself (with the
+item's fps/max_frames as data-URL parameters); the server prepares both as the reference does.
 
 Settings resolve as argument, then environment variable, then default:
 ``base_url`` (``QWEN3VL_BASE_URL``, ``http://127.0.0.1:8000/v1``), ``api_key``
@@ -50,40 +51,39 @@ def _setting(value: Any, env: str, default: Any, cast=str):
 # ------------------------------------------------------------------ message building (pure + media)
 
 
-def _video_url(clip) -> str:
-    frames = M.frames_to_uint8(clip)
-    from PIL import Image
-
-    encoded = [base64.b64encode(M.encode_png(Image.fromarray(f))).decode("ascii") for f in frames]
-    # vLLM reads "data:video/jpeg;base64,<f1>,<f2>,..." as a frame list; PNG payloads decode too
-    # (lossless), the mime type only selects the frame-list loader.
+def _frame_list_url(frames: list, where: str, policy: M.MediaPolicy) -> str:
+    """A frame list (already reduced to ``max_frames`` by ``inputs``) as its original frames,
+    converted to RGB by the reference's rule and sent as lossless PNGs. The server's media
+    connector then resizes each frame and the clip exactly as the reference does (pre-resized
+    frames would be resized a second time there)."""
+    encoded = []
+    for k, frame in enumerate(frames):
+        image = M.load_image(frame, f"{where}.frames[{k}]", policy)
+        encoded.append(base64.b64encode(M.encode_png(image)).decode("ascii"))
+    # "data:video/jpeg;base64,<f1>,<f2>,..." is vLLM's frame-list form; PNG payloads decode too
+    # (lossless): the media type only selects the frame-list reader.
     return "data:video/jpeg;base64," + ",".join(encoded)
 
 
-def _video_file_url(part: dict, where: str, policy: M.MediaPolicy,
-                    settings: I.MediaSettings) -> str:
+def _video_file_url(part: dict, where: str, policy: M.MediaPolicy) -> str:
     """A video file travels as itself; the server's ``qwen3vl`` loader samples it like the
-    reference. That loader uses the server's fps/max_frames (reference defaults), so an item
-    asking for other values cannot be served identically and is refused here."""
-    if part.get("fps") != settings.fps or part.get("max_frames") != settings.max_frames:
-        raise InputError(where, f"a video file with fps={part.get('fps')}/max_frames="
-                         f"{part.get('max_frames')} differs from the server's video settings "
-                         f"(fps={settings.fps}, max_frames={settings.max_frames})",
-                         "Send the video as a list of frames, or use the offline API")
+    reference, with the item's fps/max_frames carried as data-URL parameters."""
     data = M.source_bytes(part["video"], where, policy)
     M.check_video_bytes(data, where)
     name = str(part["video"]).split("?", 1)[0].lower()
     ext = name.rsplit(".", 1)[-1] if "." in name[-6:] else "mp4"
     mime = {"mkv": "video/x-matroska", "mov": "video/quicktime", "avi": "video/x-msvideo"}.get(
         ext, f"video/{ext}" if ext in ("mp4", "webm", "mpeg") else "video/mp4")
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+    params = f";fps={float(part['fps'])!r};max_frames={int(part['max_frames'])}"
+    return f"data:{mime}{params};base64," + base64.b64encode(data).decode("ascii")
 
 
 def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
                  settings: I.MediaSettings = I.DEFAULT_SETTINGS) -> list[dict]:
     """Content parts -> OpenAI chat content, with media at the reference's final pixels.
 
-    Images and frame-list videos are sent at their final pixels; video files as themselves.
+    Images are sent at their final pixels (the server keeps them bit-identical); frame lists
+    as their original frames and video files as themselves, prepared by the server.
     """
     out, n_img, n_vid = [], 0, 0
     for part in parts:
@@ -93,10 +93,14 @@ def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
             n_img += 1
         elif part["type"] == "video":
             w = f"{where}.video[{n_vid}]"
-            if isinstance(part["video"], (str, os.PathLike)):
-                url = _video_file_url(part, w, policy, settings)
+            video = part["video"]
+            if isinstance(video, (str, os.PathLike)):
+                url = _video_file_url(part, w, policy)
+            elif isinstance(video, tuple):
+                raise InputError(w, "a pre-decoded (frames, metadata) video cannot be sent to a "
+                                 "server", "Send the frames as a list, or use the offline API")
             else:
-                url = _video_url(M.fetch_video(part, w, policy)[0])
+                url = _frame_list_url(list(video), w, policy)
             out.append({"type": "video_url", "video_url": {"url": url}})
             n_vid += 1
         else:

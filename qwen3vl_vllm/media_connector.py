@@ -46,7 +46,7 @@ from vllm.multimodal.media.base import MediaIO, MediaWithBytes
 from . import media
 from .video_loader import load_video_file
 from .errors import MediaError
-from .inputs import DEFAULT_SETTINGS, FRAME_LIST_FPS, sample_frame_list
+from .inputs import DEFAULT_SETTINGS, sample_frame_list
 
 NAME = "qwen3vl"
 FRAME_LIST_TYPES = ("video/jpeg", "video/png")

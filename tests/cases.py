@@ -182,3 +182,89 @@ def zero_frame_mp4(path: Path) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# ---------------------------------------------------------------- the parity matrix
+
+
+def _save(img: Image.Image, path: Path, **kw) -> str:
+    img.save(path, **kw)
+    return str(path)
+
+
+def matrix_images(tmp: Path) -> dict[str, str]:
+    """Image files of every mode and shape the matrix covers (the same bytes on every path)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(77)
+    rgba = np.array(noise_image(150, 100, 31).convert("RGBA"))
+    rgba[..., 3] = rng.randint(0, 256, rgba.shape[:2])
+    rgba_img = Image.fromarray(rgba)
+    pal = noise_image(150, 100, 32).convert("P")
+    i16 = Image.fromarray((rng.rand(90, 120) * 300).astype("uint16"))
+    return {
+        "RGB": _save(noise_image(150, 100, 30), tmp / "rgb.png"),
+        "RGBA": _save(rgba_img, tmp / "rgba.png"),
+        "LA": _save(rgba_img.convert("LA"), tmp / "la.png"),
+        "P+transparency": _save(pal, tmp / "p_trans.png", transparency=5),
+        "L": _save(noise_image(150, 100, 33).convert("L"), tmp / "l.png"),
+        "1-bit": _save(noise_image(150, 100, 34).convert("1"), tmp / "bit1.png"),
+        "CMYK JPEG": _save(noise_image(150, 100, 35).convert("CMYK"), tmp / "cmyk.jpg", quality=95),
+        "16-bit PNG": _save(i16, tmp / "i16.png"),
+        "20x20": _save(noise_image(20, 20, 36), tmp / "s20.png"),
+        "1200x40": _save(noise_image(1200, 40, 37), tmp / "wide.png"),
+        "2600x1900": _save(noise_image(2600, 1900, 38), tmp / "big.png"),
+    }
+
+
+def matrix_cases(tmp: Path) -> dict[str, dict]:
+    """Case name -> embedding input dict for the parity matrix (every path, one bound)."""
+    imgs = matrix_images(tmp / "img")
+    mp4 = tmp / "matrix.mp4"
+    if not mp4.exists():
+        write_mp4(mp4, n=20, w=100, h=70, fps=5)
+    cases: dict[str, dict] = {
+        "text": {"text": "A woman playing with her dog on a beach at sunset."},
+        "instruction ASCII": {"text": "a red car", "instruction": "Retrieve images of cars"},
+        "instruction full-width": {"text": "红色的车", "instruction": "查找相关的图片。"},
+        "instruction digit": {"text": "a red car", "instruction": "Return the top 10"},
+        "instruction whitespace": {"text": "a red car", "instruction": "  Find cars  \n"},
+        '"" text': {"text": ""},
+        "empty (NULL)": {},
+    }
+    cases.update({f"image {k}": {"image": v} for k, v in imgs.items()})
+    cases["two images"] = {"image": [imgs["RGB"], imgs["20x20"]]}
+    for n in (1, 2, 3, 10, 64, 100):
+        cases[f"frames x{n}"] = {"video": frames(n, w=64, h=48, seed=500 + n)}
+    cases["mp4"] = {"video": str(mp4)}
+    cases["mp4 fps=2 max_frames=6"] = {"video": str(mp4), "fps": 2.0, "max_frames": 6}
+    cases["text+image+video"] = {"text": "a mix", "image": imgs["LA"], "video": frames(3, seed=700)}
+    return cases
+
+
+def rerank_matrix_cases(tmp: Path) -> dict[str, dict]:
+    """Case name -> reranker input dict for the parity matrix."""
+    imgs = matrix_images(tmp / "img")
+    mp4 = tmp / "matrix.mp4"
+    if not mp4.exists():
+        write_mp4(mp4, n=20, w=100, h=70, fps=5)
+    q = {"text": "a cat sitting on a mat"}
+    cases = {
+        "text->text": {"query": q, "documents": [{"text": "a cat"}, {"text": "the stock market"}]},
+        '"" document': {"query": q, "documents": [{"text": ""}]},
+        "empty document (NULL)": {"query": q, "documents": [{}]},
+        '"" query': {"query": {"text": ""}, "documents": [{"text": "a cat"}]},
+        '"" instruction': {"query": q, "documents": [{"text": "a cat"}], "instruction": ""},
+        "custom instruction": {"query": q, "documents": [{"text": "a cat"}],
+                               "instruction": "Find documents about pets"},
+        "image query": {"query": {"image": imgs["RGBA"]}, "documents": [{"text": "noise"}]},
+        "mp4 fps=2 max_frames=6": {"query": q, "documents": [{"video": str(mp4)}],
+                                   "fps": 2.0, "max_frames": 6},
+        "mp4": {"query": q, "documents": [{"video": str(mp4)}]},
+        "text+image+video doc": {"query": q, "documents": [
+            {"text": "a mix", "image": imgs["P+transparency"], "video": frames(3, seed=710)}]},
+    }
+    for k in ("LA", "P+transparency", "CMYK JPEG", "1200x40", "2600x1900"):
+        cases[f"image doc {k}"] = {"query": q, "documents": [{"image": imgs[k]}]}
+    for n in (1, 3, 10, 100):
+        cases[f"frames x{n} doc"] = {"query": q, "documents": [{"video": frames(n, w=64, h=48, seed=800 + n)}]}
+    return cases

@@ -9,7 +9,9 @@ test only reads its result file.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,3 +85,35 @@ def reranker_server(reranker_ckpt):
                            log_path=CACHE / "logs" / "test-reranker-server.log")
     with server:
         yield server
+
+
+# ---- offline engines: each runs once per session in a worker subprocess (see module docstring)
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.fixture(scope="session")
+def offline_results(embedding_ckpt, tmp_path_factory):
+    import numpy as np
+
+    tmp = tmp_path_factory.mktemp("offline")
+    out = tmp / "results.npz"
+    proc = subprocess.run([sys.executable, str(INTEGRATION / "offline_worker.py"), str(embedding_ckpt),
+                           str(out), str(tmp / "media")], capture_output=True, text=True, timeout=900)
+    assert out.exists(), f"offline worker wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    # The worker exits through the exit guard: its own exit code must be 0 too.
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = dict(np.load(out))
+    errors = json.loads(out.with_suffix(".json").read_text())
+    return data, errors, tmp / "media"
+
+
+@pytest.fixture(scope="session")
+def offline_rerank(reranker_ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("offline-rerank")
+    out = tmp / "results.json"
+    proc = subprocess.run([sys.executable, str(INTEGRATION / "offline_rerank_worker.py"), str(reranker_ckpt),
+                           str(out), str(tmp / "media")], capture_output=True, text=True, timeout=900)
+    assert out.exists(), f"worker wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text()), tmp / "media"

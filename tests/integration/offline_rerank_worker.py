@@ -23,6 +23,10 @@ def main() -> int:
                          max_num_seqs=16) as model:
         for name, inputs in rerank_cases(tmp).items():
             results["cases"][name] = model.process(inputs)
+        from cases import rerank_matrix_cases
+
+        results["matrix"] = {name: model.process(inputs)
+                             for name, inputs in rerank_matrix_cases(tmp / "matrix").items()}
         results["twenty"] = model.process(twenty_documents())
         order_a = {"query": {"text": "q"}, "documents": [{"text": "t", "image": noise_image(64, 64, 5)}]}
         results["prompt_order"] = model.pair_prompts(order_a)[0]["prompt"]

@@ -32,6 +32,11 @@ def main() -> int:
         vectors = model.process([cases[n] for n in names])
         for name, vec in zip(names, vectors):
             results[f"case/{name}"] = vec
+        from cases import matrix_cases
+
+        matrix = matrix_cases(tmp / "matrix")
+        for name, vec in zip(matrix, model.process(list(matrix.values())), strict=True):
+            results[f"matrix/{name}"] = vec
         results["raw/text"] = model.process([cases["text"]], normalize=False)[0]
         results["dim32/text"] = model.process([cases["text"]], dimensions=32)[0]
         results["int8/text"] = model.process([cases["text"]], precision="int8")[0]

@@ -140,7 +140,7 @@ def test_server_rerank_media(case, rr, bad_tmp):
 
 @pytest.mark.parametrize("case,body,fragment", [
     ("empty documents", {"query": "a cat", "documents": []}, "documents: empty"),
-    ("empty query", {"query": "", "documents": ["a"]}, "query: empty"),
+    ("empty query", {"query": {"content": []}, "documents": ["a"]}, "query: empty"),
     ("top_n above documents", {"query": "a cat", "documents": ["a", "b"], "top_n": 3}, "top_n: 3 is out of range"),
     ("top_n negative", {"query": "a cat", "documents": ["a", "b"], "top_n": -1}, "top_n"),
     ("wrong JSON type: documents", {"query": "a cat", "documents": 5}, ""),

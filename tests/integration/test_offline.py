@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +10,7 @@ import pytest
 from cases import mixed_batch, parity_cases
 
 pytestmark = pytest.mark.slow
-HERE = Path(__file__).resolve().parent
-TOL = 0.9999
-
-
-@pytest.fixture(scope="session")
-def offline_results(embedding_ckpt, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("offline")
-    out = tmp / "results.npz"
-    proc = subprocess.run([sys.executable, str(HERE / "offline_worker.py"), str(embedding_ckpt),
-                           str(out), str(tmp / "media")], capture_output=True, text=True, timeout=900)
-    assert out.exists(), f"offline worker wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
-    # The worker exits through the exit guard: its own exit code must be 0 too.
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = dict(np.load(out))
-    errors = json.loads(out.with_suffix(".json").read_text())
-    return data, errors, tmp / "media"
+TOL = 0.999999  # fp32, tiny checkpoint: measured parity is <= 5e-7
 
 
 CASE_NAMES = list(parity_cases(Path("/tmp/qwen3vl-case-names")))

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from cases import noise_image, rerank_cases, twenty_documents
+from plain_http import plain_side
 
 pytestmark = pytest.mark.slow
-TOL = 1e-4
+TOL = 1e-5  # fp32, tiny checkpoint: measured parity is <= 5e-7
 CASES = list(rerank_cases(Path("/tmp/qwen3vl-rerank-case-names")))
 
 
@@ -37,41 +36,12 @@ def test_client_score_parity(case, rclient, reference_reranker, rerank_media):
     inputs = rerank_cases(rerank_media)[case]
     ref = reference_reranker.process(inputs)
     got = rclient.score(inputs["query"], inputs["documents"], instruction=inputs.get("instruction"))
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         print(f"PARITY rerank server+client {case}: reference {r:.7f} vllm {g:.7f} diff {abs(g - r):.2e}")
         assert abs(g - r) <= TOL
 
 
-# ---- plain HTTP, no project code: media prepared with qwen-vl-utils in the test itself
-
-
-def _png_url(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _plain_side(obj: dict) -> dict:
-    from PIL import Image
-    from qwen_vl_utils.vision_process import fetch_image, fetch_video
-
-    parts = []
-    if isinstance(obj.get("video"), str):  # a video file travels as itself
-        data = base64.b64encode(Path(obj["video"]).read_bytes()).decode()
-        parts.append({"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + data}})
-    elif "video" in obj:
-        frames = obj["video"]
-        idx = np.linspace(0, len(frames) - 1, 64).astype(int)
-        clip = fetch_video({"video": [frames[i] for i in idx], "total_pixels": 7864320}, image_patch_size=16)
-        arr = clip.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-        urls = [_png_url(Image.fromarray(f)).split(",", 1)[1] for f in arr]
-        parts.append({"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + ",".join(urls)}})
-    if "image" in obj:
-        img = fetch_image({"image": obj["image"], "min_pixels": 4096, "max_pixels": 1843200}, image_patch_size=16)
-        parts.append({"type": "image_url", "image_url": {"url": _png_url(img)}})
-    if "text" in obj:
-        parts.append({"type": "text", "text": obj["text"]})
-    return {"content": parts} if parts else ""
+# ---- plain HTTP, no project code: original media (tests/plain_http.py)
 
 
 PLAIN = CASES  # over-long pairs included: the plugin truncates them as the reference does
@@ -85,7 +55,7 @@ def test_plain_http_parity(case, endpoint, reranker_server, reference_reranker, 
     body = {"model": reranker_server.model}
     if inputs.get("instruction"):
         body["instruction"] = inputs["instruction"]
-    q, docs = _plain_side(inputs["query"]), [_plain_side(d) for d in inputs["documents"]]
+    q, docs = plain_side(inputs["query"]), [plain_side(d) for d in inputs["documents"]]
     if endpoint == "/v1/rerank":
         body.update(query=q, documents=docs)
     else:
@@ -96,9 +66,9 @@ def test_plain_http_parity(case, endpoint, reranker_server, reference_reranker, 
         got = [x["relevance_score"] for x in sorted(r.json()["results"], key=lambda x: x["index"])]
     else:
         got = [x["score"] for x in sorted(r.json()["data"], key=lambda x: x["index"])]
-    for g, e in zip(got, ref):
+    for g, e in zip(got, ref, strict=True):
         print(f"PARITY rerank plain {endpoint} {case}: reference {e:.7f} vllm {g:.7f} diff {abs(g - e):.2e}")
-    assert max(abs(g - e) for g, e in zip(got, ref)) <= TOL
+    assert max(abs(g - e) for g, e in zip(got, ref, strict=True)) <= TOL
 
 
 def test_over_length_cut_position_matters(reference_reranker, rerank_media):
@@ -145,7 +115,7 @@ def test_chunked_requests_keep_indices(rclient, reference_reranker):
         got = rclient.score(inputs["query"], inputs["documents"])
     finally:
         rclient.chunk_size = 32
-    assert max(abs(a - b) for a, b in zip(got, ref)) <= TOL
+    assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) <= TOL
 
 
 def test_same_prompt_for_any_part_order(rclient):

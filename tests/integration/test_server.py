@@ -12,7 +12,7 @@ import pytest
 from cases import mixed_batch, noise_image, parity_cases
 
 pytestmark = pytest.mark.slow
-TOL = 0.9999
+TOL = 0.999999  # fp32, tiny checkpoint: measured parity is <= 5e-7
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("server-media")

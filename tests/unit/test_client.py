@@ -109,10 +109,36 @@ def test_keyword_only():
         EmbeddingClient("http://x/v1")  # noqa
 
 
-def test_video_file_with_non_default_fps_is_refused(tmp_path):
-    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server([]))
-    with pytest.raises(errors.InputError, match=r"inputs\[0\]\.video\[0\].*fps=2.0"):
-        c.embed([{"video": str(tmp_path / "clip.mp4"), "fps": 2.0}])
+def test_video_file_carries_its_fps_and_max_frames(tmp_path):
+    from cases import write_mp4
+
+    clip = write_mp4(tmp_path / "clip.mp4")
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server(seen))
+    c.embed([{"video": str(clip), "fps": 2, "max_frames": 6}, {"video": str(clip)}])
+    heads = sorted(m["messages"][-1]["content"][0]["video_url"]["url"].split(",", 1)[0] for m in seen)
+    assert heads == ["data:video/mp4;fps=1.0;max_frames=64;base64",
+                     "data:video/mp4;fps=2.0;max_frames=6;base64"]
+
+
+def test_frame_list_travels_as_original_frames():
+    import base64 as b64
+    import io
+
+    from PIL import Image
+
+    frames = [Image.new("LA", (50, 30), (k * 20, 128)) for k in range(3)]
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server(seen))
+    c.embed([{"video": frames}])
+    url = seen[0]["messages"][-1]["content"][0]["video_url"]["url"]
+    head, payload = url.split(",", 1)
+    assert head == "data:video/jpeg;base64"
+    sent = [Image.open(io.BytesIO(b64.b64decode(p))) for p in payload.split(",")]
+    assert len(sent) == 3  # not stretched, not padded: the server does the reference's work
+    for got, orig in zip(sent, frames, strict=True):
+        assert got.mode == "RGB" and got.size == (50, 30)
+        assert got.tobytes() == orig.convert("RGB").tobytes()
 
 
 def test_corrupt_video_file_named_before_sending(tmp_path):
