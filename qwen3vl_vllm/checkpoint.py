@@ -26,7 +26,8 @@ import json
 import random
 from pathlib import Path
 
-KIND_FIELD = "qwen3vl_vllm_kind"
+from .detect import KIND_FIELD  # the config field detection reads
+
 KINDS = ("embedding", "reranker", "instruct")
 SIZES = ("tiny", "2b")
 

@@ -76,7 +76,7 @@ def resolve_model(model: str, *, build: bool, root: str | os.PathLike = ".cache"
 
 def resolve_kind(cfg, model: str) -> str:
     from .config import ConfigError
-    from .plugin import detect_kind
+    from .detect import detect_kind
 
     if cfg.kind != "auto":
         return cfg.kind

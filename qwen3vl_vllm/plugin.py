@@ -9,15 +9,8 @@ is idempotent and cheap; it installs two guarded hooks (vLLM 0.32.x only, logged
 2. The OpenAI server's argument validation: when ``--chat-template`` is not given, the package's
    template for the kind is used (embedding prompt / reranker score prompt).
 
-Detection rule (``detect_kind``), first match wins:
-
-- ``QWEN3VL_VLLM_KIND=embedding|reranker|none`` in the environment;
-- a local checkpoint whose config.json is not ``model_type: qwen3_vl`` -> untouched;
-- config.json field ``qwen3vl_vllm_kind`` (written by ``make-checkpoint``);
-- the model name or path contains ``Qwen3-VL-Embedding`` / ``Qwen3-VL-Reranker``
-  (case-insensitive), as the published checkpoints' names do.
-
-Anything else (an instruct model, another architecture) is left exactly as vLLM would serve it.
+Which checkpoints are touched is decided by ``detect.detect_kind``; anything else (an instruct
+model, another architecture) is left exactly as vLLM would serve it.
 
 Example::
 
@@ -28,25 +21,18 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from .detect import detect_kind
 from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_MODEL_LEN
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
 SUPPORTED_VLLM = ("0.32.",)
-KIND_ENV = "QWEN3VL_VLLM_KIND"
-KIND_FIELD = "qwen3vl_vllm_kind"
 TEMPLATES = Path(__file__).parent / "templates"
-_NAME_RULES = (
-    (re.compile(r"qwen3[-_]?vl[-_]?embedding", re.I), "embedding"),
-    (re.compile(r"qwen3[-_]?vl[-_]?reranker", re.I), "reranker"),
-)
 _STATE: dict[str, Any] = {"registered": False, "patched": []}
 MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
                "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
@@ -61,34 +47,6 @@ KEEP_ALIVE_S = 75
 # (``media_connector``), whatever the client sent. An explicit VLLM_MEDIA_CONNECTOR wins.
 MEDIA_CONNECTOR_ENV = "VLLM_MEDIA_CONNECTOR"
 MEDIA_CONNECTOR = "qwen3vl"
-
-
-def detect_kind(model: str | os.PathLike | None) -> str | None:
-    """'embedding', 'reranker' or None (leave the model alone)."""
-    env = os.environ.get(KIND_ENV, "").strip().lower()
-    if env in ("embedding", "reranker"):
-        return env
-    if env in ("none", "off", "0"):
-        return None
-    if not model:
-        return None
-    model = os.fspath(model)
-    config = Path(model) / "config.json"
-    if config.is_file():
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get("model_type") != "qwen3_vl":
-            return None
-        if data.get(KIND_FIELD) in ("embedding", "reranker"):
-            return data[KIND_FIELD]
-        if data.get(KIND_FIELD) is not None:
-            return None
-    for pattern, kind in _NAME_RULES:
-        if pattern.search(model):
-            return kind
-    return None
 
 
 def chat_template_path(kind: str) -> str:

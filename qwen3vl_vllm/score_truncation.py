@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .detect import detect_kind
 from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, NULL_TEXT, RERANK_MAX_LENGTH,
                      RERANK_SUFFIX_TOKENS, truncate_pair_tokens)
 
@@ -75,8 +76,6 @@ def _settings(processor: Any) -> dict | None:
     cached = getattr(processor, _SENTINEL, False)
     if cached is not False:
         return cached
-    from .plugin import detect_kind
-
     model_config = processor.model_config
     settings = None
     if detect_kind(getattr(model_config, "model", None)) == "reranker":

@@ -4,14 +4,14 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import plugin
+from qwen3vl_vllm import detect, plugin
 
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
     # apply_serve_defaults writes these into os.environ: monkeypatch restores them after each
     # test, so no later server started by the suite inherits them
-    for name in (plugin.KIND_ENV, plugin.KEEP_ALIVE_ENV, plugin.MEDIA_CONNECTOR_ENV):
+    for name in (detect.KIND_ENV, plugin.KEEP_ALIVE_ENV, plugin.MEDIA_CONNECTOR_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -24,7 +24,7 @@ def _no_env(monkeypatch):
     ("", None),
 ])
 def test_detect_by_name(name, kind):
-    assert plugin.detect_kind(name) == kind
+    assert detect.detect_kind(name) == kind
 
 
 def _ckpt(tmp_path, name, **cfg):
@@ -35,12 +35,12 @@ def _ckpt(tmp_path, name, **cfg):
 
 
 def test_detect_by_config(tmp_path, monkeypatch):
-    assert plugin.detect_kind(_ckpt(tmp_path, "a", model_type="qwen3_vl", qwen3vl_vllm_kind="reranker")) == "reranker"
+    assert detect.detect_kind(_ckpt(tmp_path, "a", model_type="qwen3_vl", qwen3vl_vllm_kind="reranker")) == "reranker"
     # the name says embedding but it is not a Qwen3-VL checkpoint: leave it alone
-    assert plugin.detect_kind(_ckpt(tmp_path, "Qwen3-VL-Embedding-x", model_type="llama")) is None
-    assert plugin.detect_kind(_ckpt(tmp_path, "Qwen3-VL-Embedding-y", model_type="qwen3_vl")) == "embedding"
-    monkeypatch.setenv(plugin.KIND_ENV, "none")
-    assert plugin.detect_kind("Qwen/Qwen3-VL-Embedding-2B") is None
+    assert detect.detect_kind(_ckpt(tmp_path, "Qwen3-VL-Embedding-x", model_type="llama")) is None
+    assert detect.detect_kind(_ckpt(tmp_path, "Qwen3-VL-Embedding-y", model_type="qwen3_vl")) == "embedding"
+    monkeypatch.setenv(detect.KIND_ENV, "none")
+    assert detect.detect_kind("Qwen/Qwen3-VL-Embedding-2B") is None
 
 
 def _args(model, **kw):
