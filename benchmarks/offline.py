@@ -88,7 +88,6 @@ def embedding(ckpt: str, workloads: dict[str, list[list]], *, dtype: str, engine
 
 def reranker(ckpt: str, sets: list[dict], *, dtype: str, engine_kwargs: dict) -> dict:
     """``sets``: [parity set, timed set 1, ...] of reranker inputs (as ``embedding``)."""
-    from qwen3vl_vllm import inputs as I
     from qwen3vl_vllm.offline import Qwen3VLReranker
     from qwen3vl_vllm.reference import ReferenceReranker
 
@@ -96,9 +95,7 @@ def reranker(ckpt: str, sets: list[dict], *, dtype: str, engine_kwargs: dict) ->
     ref = ReferenceReranker(ckpt, dtype=dtype)
     tokens = 0
     for x in sets[1:]:
-        req = I.rerank_request(x)
-        tokens += sum(_ref_tokens(ref, [I.rerank_conversation(req.instruction, req.query, d)])
-                      for d in req.documents)
+        tokens += sum(_ref_tokens(ref, [conv]) for conv in ref.pairs(x))
     parity_ref = ref.process(sets[0])
     t_ref, ref_scores = _clock(ref.process, sets[1:])  # one pair per forward, as upstream
     del ref
