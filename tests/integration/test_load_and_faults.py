@@ -40,13 +40,14 @@ def _percentile(values, q):
 
 def test_load_64_concurrent_clients(embedding_server, reference_embedder):
     from qwen3vl_vllm.client import embedding_body
+    from qwen3vl_vllm.inputs import DEFAULT_SETTINGS
+    from qwen3vl_vllm.media import DEFAULT_POLICY
 
     pool = _pool()
     expected = reference_embedder.process(pool)
     model = httpx.get(embedding_server.base_url + "/models", timeout=30).json()["data"][0]["id"]
     bodies = [embedding_body(item, index=i, model=model, instruction=None, dimensions=None,
-                             encoding_format="float", settings=reference_embedder.settings,
-                             policy=__import__("qwen3vl_vllm.media", fromlist=["x"]).DEFAULT_POLICY)
+                             encoding_format="float", settings=DEFAULT_SETTINGS, policy=DEFAULT_POLICY)
               for i, item in enumerate(pool)]
     rng = random.Random(0)
     plan = [rng.randrange(len(pool)) for _ in range(REQUESTS)]
