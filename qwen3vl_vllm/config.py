@@ -36,6 +36,9 @@ class ServerConfig:
     api_key_env: str = "QWEN3VL_API_KEY"
     max_request_bytes: int = 64 * 1024 * 1024
     keep_alive_s: int = 75  # idle keep-alive; must outlive client pools (httpx/openai: 5 s)
+    # pass `input` strings and token ids through untemplated (callers who build the reference
+    # prompt themselves); per request: "raw_prompt": true
+    raw_prompts: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class ServeConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    # named embedding instructions, selected by a request's `instruction` field or a Cohere
+    # `input_type` of the same name, e.g. {query: "Retrieve images that match the query"}
+    instructions: dict[str, str] = field(default_factory=dict)
 
 
 CHOICES = {
@@ -112,6 +118,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in args)
     if typing.get_origin(tp) is tuple:
         return f"list of {_type_name(args[0])}"
+    if typing.get_origin(tp) is dict:
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
     return {type(None): "null", str: "string", int: "integer", float: "number",
             bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -131,6 +139,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
+    elif origin is dict:
+        if isinstance(value, dict):
+            k_tp, v_tp = typing.get_args(tp)
+            out = {}
+            for k, v in value.items():
+                name = _coerce(k, k_tp, f"{key} name")
+                text = _coerce(v, v_tp, f"{key}.{k}")
+                if isinstance(text, str) and not text.strip():
+                    raise ConfigError(f"{key}.{k}: must not be empty")
+                out[name] = text
+            return out
     elif tp is bool:
         if isinstance(value, bool):
             return value

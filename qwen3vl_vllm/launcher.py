@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -58,6 +59,7 @@ class ServerError(RuntimeError):
 
 
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
+from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV  # noqa: E402  (light: no vLLM import)
 from .plugin import MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
 
 
@@ -147,6 +149,10 @@ def server_env(cfg, base: dict | None = None) -> dict:
         env.pop("VLLM_API_KEY", None)
     env["QWEN3VL_MAX_BODY_BYTES"] = str(cfg.server.max_request_bytes)
     env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(cfg.server.keep_alive_s)
+    if cfg.instructions:
+        env[INSTRUCTIONS_ENV] = json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)
+    if cfg.server.raw_prompts:
+        env[RAW_ENV] = "1"
     if cfg.engine.cpu_kvcache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.engine.cpu_kvcache_gib)
     return env
@@ -160,6 +166,11 @@ def dry_run_command(cfg, model: str) -> str:
         env.append(f'VLLM_API_KEY="${cfg.server.api_key_env}"')
     env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}",
             f"VLLM_HTTP_TIMEOUT_KEEP_ALIVE={cfg.server.keep_alive_s}"]
+    if cfg.instructions:
+        env.append(f"{INSTRUCTIONS_ENV}=" + shlex.quote(
+            json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)))
+    if cfg.server.raw_prompts:
+        env.append(f"{RAW_ENV}=1")
     return " ".join(env + ["vllm", "serve"] + [shlex.quote(a) for a in vllm_args(cfg, model)])
 
 

@@ -230,6 +230,27 @@ def _patch_serve_validation() -> None:
         _STATE["patched"].append(f"{module_name}.validate_parsed_serve_args")
 
 
+def _patch_run_batch() -> None:
+    """vLLM's batch runner (``python -m vllm.entrypoints.openai.run_batch``) validates no serve
+    arguments, so it would run without the package's templates. Its endpoint registry is built
+    after the engine (and so this plugin) has started: the chat template is filled in there.
+    Only patched when the runner is the running program (its module is already imported)."""
+    import sys
+
+    module = sys.modules.get("vllm.entrypoints.launchers.run_batch")
+    original = getattr(module, "build_endpoint_registry", None)
+    if original is None or getattr(original, "_qwen3vl_vllm", False):
+        return
+
+    async def build_endpoint_registry(engine_client, args, *a, **kw):
+        apply_serve_defaults(args)
+        return await original(engine_client, args, *a, **kw)
+
+    build_endpoint_registry._qwen3vl_vllm = True
+    module.build_endpoint_registry = build_endpoint_registry
+    _STATE["patched"].append("run_batch.build_endpoint_registry")
+
+
 def register() -> None:
     """vLLM entry point. Idempotent; only patches vLLM versions it was tested with."""
     if _STATE["registered"]:
@@ -242,6 +263,7 @@ def register() -> None:
         return
     _patch_engine_args()
     _patch_serve_validation()
+    _patch_run_batch()
     try:
         from . import video_loader
 
@@ -257,6 +279,15 @@ def register() -> None:
     except Exception as e:  # noqa: BLE001
         logger.warning("qwen3vl-vllm: media connector not registered (media sent as originals "
                        "are prepared by vLLM, not as the reference): %s", e)
+    try:
+        from . import embed_inputs
+
+        what = embed_inputs.patch()
+        if what:
+            _STATE["patched"].append(what)
+    except Exception as e:  # noqa: BLE001
+        logger.warning("qwen3vl-vllm: input strings are not templated (they get vLLM's raw "
+                       "prompt, not the reference's): %s", e)
     try:
         from . import score_truncation
 

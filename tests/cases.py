@@ -268,3 +268,12 @@ def rerank_matrix_cases(tmp: Path) -> dict[str, dict]:
     for n in (1, 3, 10, 100):
         cases[f"frames x{n} doc"] = {"query": q, "documents": [{"video": frames(n, w=64, h=48, seed=800 + n)}]}
     return cases
+
+
+# Named instructions the test embedding server is started with (QWEN3VL_INSTRUCTIONS)
+NAMED_INSTRUCTIONS = {
+    "query": "Retrieve images or passages that answer the query",
+    "search_document": "Represent this document for retrieval",
+}
+CLIENT_TEXTS = ["A woman playing with her dog on a beach at sunset.", "the stock market fell today",
+                "查找相关的图片", "", "multi\nline text with émoji 🐱"]

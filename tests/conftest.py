@@ -57,7 +57,11 @@ def reference_embedder(embedding_ckpt):
 def embedding_server(embedding_ckpt):
     from qwen3vl_vllm.launcher import ServerProcess
 
-    server = ServerProcess(embedding_ckpt, extra_args=SERVER_ARGS,
+    from cases import NAMED_INSTRUCTIONS
+    from qwen3vl_vllm.launcher import vllm_env
+
+    env = {**vllm_env(), "QWEN3VL_INSTRUCTIONS": json.dumps(NAMED_INSTRUCTIONS)}
+    server = ServerProcess(embedding_ckpt, extra_args=SERVER_ARGS, env=env,
                            log_path=CACHE / "logs" / "test-embedding-server.log")
     with server:
         yield server
