@@ -11,7 +11,7 @@ Settings resolve as argument, then environment variable, then default:
 ``timeout`` (``QWEN3VL_TIMEOUT``, 120 s), ``max_retries`` (``QWEN3VL_MAX_RETRIES``, 2),
 ``backoff`` (``QWEN3VL_BACKOFF``, 0.5 s, doubled per retry up to ``backoff_max``, 8 s),
 ``max_concurrency`` (``QWEN3VL_MAX_CONCURRENCY``, 8). Every call is idempotent, so connection
-errors, timeouts, 429, 502, 503 and 504 are retried; anything else surfaces at once as a typed
+errors, timeouts, 429, 500, 502, 503 and 504 are retried; anything else surfaces at once as a typed
 error naming the item. ``http_client`` takes an
 ``httpx.Client``/``httpx.AsyncClient`` (e.g. with a ``MockTransport``), so tests need no server.
 
@@ -162,7 +162,9 @@ def _decode_embedding(data: Any):
 # ------------------------------------------------------------------ clients
 
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# 500 included: the server keeps 5xx for its own faults (input faults that name an item are
+# 400s), and every call here is idempotent
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 # 5xx messages vLLM 0.32 gives while its engine stops under a request (seen in the fault test)

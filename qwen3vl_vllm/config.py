@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .inputs import DEFAULT_SETTINGS
+from .server_policy import DEFAULT_MAX_BODY_BYTES
 
 
 class ConfigError(ValueError):
@@ -34,7 +35,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str = "QWEN3VL_API_KEY"
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
     keep_alive_s: int = 75  # idle keep-alive; must outlive client pools (httpx/openai: 5 s)
     # pass `input` strings and token ids through untemplated (callers who build the reference
     # prompt themselves); per request: "raw_prompt": true

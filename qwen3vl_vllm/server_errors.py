@@ -8,6 +8,12 @@ those error paths only, this middleware re-reads the request it already buffered
 400 naming it (``documents[1].content[0]``, ``messages[1].content[0]``) and saying what to do.
 Successful responses pass through untouched (no decoding on the hot path).
 
+Honest status codes: a 500 becomes a 400 only when an input item is found and named. Anything
+else (an engine fault, a timeout inside the server, a text-only request) stays a 5xx, which
+clients retry. The search runs in a worker thread, bounded in time (``NAMING_TIMEOUT_S``) and in
+bytes (payloads over ``MAX_DECODE_BYTES`` are not decoded), so failing requests with large
+images never stall the event loop that serves everyone else.
+
 The plugin adds it to ``vllm serve`` through vLLM's public ``--middleware`` option.
 """
 
@@ -26,17 +32,23 @@ INPUT_500_MARKERS = ("Cannot load local files", "allowed-local-media-path", "all
                      "decompression bomb", "exceeds limit of", "Max retries exceeded with url",
                      "Connection refused", "Failed to load", "cannot identify image",
                      "Name or service not known", "timed out", "Read timed out")
+# 400 messages about one media item (vLLM's and the package's media connector's)
 MEDIA_MARKERS = ("Cannot load local files", "allowed-local-media-path", "allowed domains",
                  "Failed to load image", "Failed to load video", "cannot identify image",
                  "image file is truncated", "Failed to load", "Invalid image", "decompression bomb",
-                 "cannot decode", "video", "image")
+                 "cannot decode", "decodable frames", "no video stream", "data is empty",
+                 "zero size", "no pixels")
 FIX = "Send a valid PNG, JPEG, WebP or GIF (as a data URL or URL), or leave the item out"
+NAMING_TIMEOUT_S = 5.0
+MAX_DECODE_BYTES = 24 * 1024 * 1024  # base64 characters of one item
 
 
 def _decodes(url: str, kind: str) -> bool:
     from PIL import Image
 
     head, _, payload = url.partition(",")
+    if len(payload) > MAX_DECODE_BYTES:
+        return True  # too large to judge here: not named (the error still reaches the client)
     try:
         if kind == "video" and head.lower().startswith("data:video/jpeg"):
             frames = payload.split(",")
@@ -139,7 +151,8 @@ class NameBadItemsMiddleware:
             buffered.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            status, body = self._rewrite(start["status"], b"".join(buffered), b"".join(chunks))
+            status, body = await self._rewrite_off_loop(start["status"], b"".join(buffered),
+                                                        b"".join(chunks))
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "status": status, "headers": headers})
@@ -152,13 +165,24 @@ class NameBadItemsMiddleware:
                 raise
             error = {"error": {"message": str(exc), "type": "InternalServerError", "param": None,
                                "code": 500}}
-            status, body = self._rewrite(500, json.dumps(error).encode(), b"".join(chunks))
+            status, body = await self._rewrite_off_loop(500, json.dumps(error).encode(),
+                                                        b"".join(chunks))
             if status == 500:
                 raise
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _rewrite_off_loop(self, status: int, response: bytes, request: bytes) -> tuple[int, bytes]:
+        """``_rewrite`` in a worker thread, given at most ``NAMING_TIMEOUT_S``."""
+        import asyncio
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._rewrite, status, response, request),
+                                          NAMING_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a timeout or a bug: the original error, unchanged
+            return status, response
 
     @staticmethod
     def _rewrite(status: int, response: bytes, request: bytes) -> tuple[int, bytes]:
@@ -171,11 +195,7 @@ class NameBadItemsMiddleware:
             if not any(m.lower() in message.lower() for m in markers):
                 return status, response
             found = find_bad_item(json.loads(request), message)
-            if found is None:
-                if status == 500:  # an input fault all the same: say so, with the fix
-                    error.update(code=400, type="BadRequestError",
-                                 message=f"a media item could not be loaded ({message}). {FIX}")
-                    return 400, json.dumps(payload).encode()
+            if found is None:  # no input to name: a 500 is a server fault and stays one
                 return status, response
             where, kind = found
             if REMOTE_OFF_DOMAIN in message:

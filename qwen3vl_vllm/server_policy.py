@@ -1,8 +1,8 @@
 """ASGI middleware: the server-side limits vLLM has no flag for, at no cost on the hot path.
 
-- ``QWEN3VL_MAX_BODY_BYTES``: a request whose body is larger gets 413. Checked from the
-  ``content-length`` header, and counted while the body streams in when there is none; the
-  body is never copied.
+- ``QWEN3VL_MAX_BODY_BYTES`` (default 64 MiB, ``0`` for no limit): a request whose body is
+  larger gets 413. Checked from the ``content-length`` header, and counted while the body
+  streams in when there is none; the body is never copied.
 - ``/rerank`` and ``/score`` requests that vLLM would answer oddly get 400: an empty query (it
   would score "NULL"), no documents, or ``top_n`` beyond the documents (vLLM silently returns
   fewer). Only these paths are buffered, to read the JSON.
@@ -19,6 +19,14 @@ import json
 import os
 
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
+MAX_BODY_ENV = "QWEN3VL_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # on by default, for plain `vllm serve` too
+
+
+def max_body_bytes(environ=None) -> int:
+    """The body limit in force: ``QWEN3VL_MAX_BODY_BYTES``, else the default; 0 = none."""
+    raw = (os.environ if environ is None else environ).get(MAX_BODY_ENV, "").strip()
+    return DEFAULT_MAX_BODY_BYTES if raw == "" else int(raw)
 
 
 def _error(status: int, message: str) -> bytes:
@@ -60,7 +68,7 @@ def rerank_problem(body: bytes) -> str | None:
 class PolicyMiddleware:
     def __init__(self, app):
         self.app = app
-        self.max_body = int(os.environ.get("QWEN3VL_MAX_BODY_BYTES", "0") or 0)
+        self.max_body = max_body_bytes()
 
     def _too_large(self, size: int) -> str:
         return (f"request body is {size} bytes or more, above this server's limit of {self.max_body}. "

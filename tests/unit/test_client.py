@@ -211,3 +211,29 @@ def test_engine_gone_500_is_retried_as_unavailable():
                         http_client=httpx.Client(transport=httpx.MockTransport(dying)))
     assert c.embed([{"text": "x"}], encoding_format="float").tolist() == [[0.0, 1.0]]
     assert calls["n"] == 2
+
+
+@pytest.mark.parametrize("item", [{"text": "x"}, {"text": "x", "image": b"\x89PNG"}])
+def test_any_500_is_retried(item, monkeypatch):
+    """The server keeps 5xx for its own faults (an input fault is a named 400), so a 500 is
+    worth another try; the image case is checked before sending, so use a valid image."""
+    import io as _io
+
+    from PIL import Image
+
+    if "image" in item:
+        buf = _io.BytesIO()
+        Image.new("RGB", (40, 40), (1, 2, 3)).save(buf, format="PNG")
+        item = {**item, "image": buf.getvalue()}
+    calls = {"n": 0}
+
+    def faulty(request):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(500, json={"error": {"message": "internal error: timed out"}})
+        return httpx.Response(200, json={"object": "list", "model": "m", "data": [{"index": 0, "object": "embedding", "embedding": [0.0, 1.0]}], "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", max_retries=1, backoff=0.01,
+                        http_client=httpx.Client(transport=httpx.MockTransport(faulty)))
+    assert c.embed([item], encoding_format="float").tolist() == [[0.0, 1.0]]
+    assert calls["n"] == 2

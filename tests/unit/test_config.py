@@ -157,3 +157,31 @@ def test_committed_manifests_are_current():
         res = _cli("deploy", "k8s", "--config", f"configs/{config.name}")
         assert res.stdout == (ROOT / "deploy" / config.name).read_text(), (
             f"deploy/{config.name} is stale: regenerate with qwen3vl-vllm deploy k8s")
+
+
+@pytest.mark.parametrize("overrides", [[], ["server.port=9000"],
+                                       ["server.port=9100", "parallel.data_parallel_size=2",
+                                        "model=Qwen/Qwen3-VL-Embedding-8B"]])
+def test_deploy_configmap_holds_the_effective_config(overrides):
+    """The pod serves the ConfigMap's config, so it must agree with the Deployment's ports,
+    probes, model and parallelism (with --set, the file alone would not)."""
+    from qwen3vl_vllm.config import load_config
+
+    sets = [a for o in overrides for a in ("--set", o)]
+    res = _cli("deploy", "k8s", "--config", "configs/embedding-2b.yaml", *sets)
+    assert res.returncode == 0, res.stderr
+    docs = [d for d in yaml.safe_load_all(res.stdout) if d]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    service = next(d for d in docs if d["kind"] == "Service")
+    served = load_config(None, data=yaml.safe_load(configmap["data"]["config.yaml"]),
+                         overrides=["server.host=0.0.0.0"])  # what the pod's command adds
+    expected = load_config(str(ROOT / "configs" / "embedding-2b.yaml"), overrides)
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert served.server.port == expected.server.port == c["ports"][0]["containerPort"]
+    assert service["spec"]["ports"][0]["port"] == served.server.port
+    assert served.server.host == "0.0.0.0"
+    assert served.model == expected.model and served.parallel == expected.parallel
+    gpus = served.parallel.data_parallel_size * served.parallel.tensor_parallel_size
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    assert served.instructions == expected.instructions

@@ -110,3 +110,74 @@ def test_local_root_policy(tmp_path):
         M.load_image(str(inside / "link.png"), "x", policy)
     with pytest.raises(MediaError, match="disabled"):
         M.load_image(str(img_path), "x", M.MediaPolicy(allow_local_files=False))
+
+
+# ---- URL policy: no fetches into this machine's network unless asked, every redirect checked
+
+
+@pytest.fixture()
+def local_http():
+    """A tiny HTTP server on 127.0.0.1 (stopped after the test): /img.png, redirects."""
+    import http.server
+    import io as _io
+    import threading
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 8, 7)).save(buf, format="PNG")
+    png = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            routes = {"/to-file": "file:///etc/passwd", "/loop": "/loop", "/to-img": "/img.png"}
+            if self.path in routes:
+                self.send_response(302)
+                self.send_header("Location", routes[self.path])
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_urls_into_this_network_are_refused_by_default(local_http):
+    with pytest.raises(MediaError, match=r"x: URL http://127\.0\.0\.1:\d+/img\.png points to 127\.0\.0\.1"):
+        M.load_image(local_http + "/img.png", "x")
+    for url in ("http://localhost/a.png", "http://169.254.169.254/latest", "http://10.1.2.3/a.png",
+                "http://[::1]/a.png", "http://0.0.0.0/a.png"):
+        with pytest.raises(MediaError, match="refused"):
+            M.source_bytes(url, "x")  # refused before any connection is attempted
+
+
+def test_opt_in_and_every_redirect_is_checked(local_http):
+    ok = M.MediaPolicy(allow_private_urls=True)
+    assert M.load_image(local_http + "/to-img", "x", ok).size == (40, 30)
+    with pytest.raises(MediaError, match="URL scheme 'file' is not allowed"):
+        M.source_bytes(local_http + "/to-file", "x", ok)
+    with pytest.raises(MediaError, match="more than 5 redirects"):
+        M.source_bytes(local_http + "/loop", "x", ok)
+    small = M.MediaPolicy(allow_private_urls=True, max_bytes=10)
+    with pytest.raises(MediaError, match="download exceeds 10 bytes"):
+        M.source_bytes(local_http + "/img.png", "x", small)
+
+
+def test_local_files_stay_allowed(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "mine.png"
+    Image.new("RGB", (8, 8)).save(path)
+    assert M.load_image(str(path), "x").size == (8, 8)

