@@ -305,45 +305,89 @@ def smart_nframes(total_frames: int, video_fps: float, *, fps: float, max_frames
     return n
 
 
-def decode_video(src: Any, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY, *,
-                 max_frames_to_decode: int | None = None):
-    """Decode the frames of a video file with PyAV -> (list of HxWx3 uint8 arrays, fps).
+# Decoded frames a video may keep in memory at once (the sampled frames at their source size).
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
 
-    ``max_frames_to_decode`` stops early (a validity check needs one frame)."""
+
+def _video_error(where: str, e: Exception) -> MediaError:
+    return MediaError(where, f"cannot decode video: {type(e).__name__}: {e}",
+                      "The file looks corrupt. Send an mp4/webm/mkv file, or its frames")
+
+
+def _open_stream(container, where: str):
+    if not container.streams.video:
+        raise MediaError(where, "file has no video stream", "Send an mp4/webm/mkv file")
+    return container.streams.video[0]
+
+
+def _count_frames(data: bytes, where: str) -> tuple[int, float, int]:
+    """(frame count, fps, bytes per RGB frame) from the container, without decoding: the
+    stream's frame count when the container records one, else its packets counted."""
     import av
 
-    data = source_bytes(src, where, policy)
-    if not data:
-        raise MediaError(where, "video data is empty (0 bytes)", "Send an mp4/webm/mkv file")
     try:
         with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise MediaError(where, "file has no video stream", "Send an mp4/webm/mkv file")
-            stream = container.streams.video[0]
+            stream = _open_stream(container, where)
             rate = stream.average_rate or stream.guessed_rate
-            frames = []
-            for f in container.decode(stream):
-                frames.append(f.to_ndarray(format="rgb24"))
-                if max_frames_to_decode is not None and len(frames) >= max_frames_to_decode:
-                    break
+            frame_bytes = int(stream.codec_context.width or 0) * int(stream.codec_context.height or 0) * 3
+            total = int(stream.frames or 0)
+            if total <= 0:
+                total = sum(1 for packet in container.demux(stream) if packet.size)
     except MediaError:
         raise
     except Exception as e:  # noqa: BLE001 - PyAV raises many error types
-        raise MediaError(where, f"cannot decode video: {type(e).__name__}: {e}",
-                         "The file looks corrupt. Send an mp4/webm/mkv file, or its frames") from None
-    if not frames:
-        raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
-    return frames, (float(rate) if rate else FRAME_LIST_FPS)
+        raise _video_error(where, e) from None
+    return total, (float(rate) if rate else FRAME_LIST_FPS), frame_bytes
+
+
+def _decode_indices(data: bytes, keep: set[int], where: str) -> tuple[dict[int, Any], int]:
+    """Decode the whole stream once, converting and keeping only the frames in ``keep``:
+    memory holds one decoded frame plus the kept ones, whatever the video's length."""
+    import av
+
+    kept: dict[int, Any] = {}
+    n = 0
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = _open_stream(container, where)
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if n in keep:
+                    kept[n] = frame.to_ndarray(format="rgb24")
+                n += 1
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _video_error(where, e) from None
+    return kept, n
 
 
 def check_video_bytes(data: bytes, where: str = "video") -> None:
     """Cheap validity check: the container opens and its first video frame decodes."""
-    decode_video(data, where, max_frames_to_decode=1)
+    import av
+
+    if not data:
+        raise MediaError(where, "video data is empty (0 bytes)", "Send an mp4/webm/mkv file")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = _open_stream(container, where)
+            for _ in container.decode(stream):
+                return
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _video_error(where, e) from None
+    raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
 
 
 def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: int | None,
-                    policy: MediaPolicy = DEFAULT_POLICY):
-    """Decode a video file and sample frames as qwen-vl-utils does.
+                    policy: MediaPolicy = DEFAULT_POLICY, max_decoded_bytes: int = MAX_DECODED_BYTES):
+    """Decode a video file and sample frames as qwen-vl-utils does, keeping only those frames.
+
+    The frame count comes from the container (or its packets), the kept indices from
+    qwen-vl-utils' rule (``smart_nframes``, ``linspace(0, n-1, k).round()``), and only those
+    frames are converted and kept while the stream is decoded: an hour-long upload costs decode
+    time, not memory. Sampled frames that would exceed ``max_decoded_bytes`` are refused.
 
     Returns ``(frames, metadata, sample_fps)``: a uint8 torch tensor (T, C, H, W), the
     metadata dict (fps, frames_indices, total_num_frames, video_backend) and the sampling fps.
@@ -351,11 +395,34 @@ def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: i
     import numpy as np
     import torch
 
-    frames, video_fps = decode_video(src, where, policy)
-    total = len(frames)
-    n = smart_nframes(total, video_fps, fps=fps, max_frames=max_frames, where=where)
-    idx = torch.linspace(0, total - 1, n).round().long().tolist()
-    clip = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
+    data = source_bytes(src, where, policy)
+    if not data:
+        raise MediaError(where, "video data is empty (0 bytes)", "Send an mp4/webm/mkv file")
+    total, video_fps, frame_bytes = _count_frames(data, where)
+    if total <= 0:
+        raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
+
+    def check(n_frames: int, nbytes: int) -> None:
+        if n_frames * nbytes > max_decoded_bytes:
+            raise MediaError(where, f"{n_frames} sampled frames of {nbytes // 3} pixels need "
+                             f"{n_frames * nbytes / 2**30:.1f} GiB decoded, above the "
+                             f"{max_decoded_bytes / 2**30:.1f} GiB limit",
+                             "Send a lower-resolution video, or fewer frames (fps or max_frames)")
+
+    for _ in range(2):  # a container whose frame count is off is decoded again with the real one
+        n = smart_nframes(total, video_fps, fps=fps, max_frames=max_frames, where=where)
+        idx = torch.linspace(0, total - 1, n).round().long().tolist()
+        check(n, frame_bytes)  # before decoding anything
+        kept, decoded = _decode_indices(data, set(idx), where)
+        if decoded == total:
+            break
+        total = decoded
+        if total <= 0:
+            raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
+    else:
+        raise MediaError(where, "the video's frame count changes between reads",
+                         "Re-encode the video (e.g. ffmpeg -i in.mp4 out.mp4)")
+    clip = torch.from_numpy(np.stack([kept[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
     metadata = {"fps": video_fps, "frames_indices": idx, "total_num_frames": total,
                 "video_backend": "pyav"}
     return clip, metadata, n / max(total, 1e-6) * video_fps

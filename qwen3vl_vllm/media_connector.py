@@ -35,6 +35,7 @@ Example (what any HTTP client can now send)::
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from . import media
 from .video_loader import load_video_file
 from .errors import MediaError
 from .inputs import DEFAULT_SETTINGS, sample_frame_list
+from .server_errors import payload_fingerprint
 
 NAME = "qwen3vl"
 FRAME_LIST_TYPES = ("video/jpeg", "video/png")
@@ -103,6 +105,26 @@ def _params(media_type: str, where: str) -> tuple[str, dict]:
     return base.lower(), out
 
 
+def _b64decode(data: str) -> bytes:
+    try:
+        return pybase64.b64decode(data, validate=True)
+    except ValueError:
+        raise MediaError("data URL", "the payload is not valid base64",
+                         "Use data:<mime>;base64,<payload>") from None
+
+
+@contextlib.contextmanager
+def _tagged(payload: str):
+    """Tag a media error with the payload's fingerprint (``item#<id>``): the server's error
+    middleware then names the item (``messages[1].content[0]``) without decoding it again."""
+    try:
+        yield
+    except MediaError as e:
+        where = e.where if e.where.startswith("video.frames") else ""
+        label = f"item#{payload_fingerprint(payload)}" + (where[5:] if where else "")
+        raise MediaError(label, e.problem, e.fix) from None
+
+
 class ReferenceImageIO(MediaIO):
     """Images as qwen-vl-utils' ``fetch_image`` prepares them (RGB rule, PIL bicubic resize)."""
 
@@ -117,7 +139,8 @@ class ReferenceImageIO(MediaIO):
         return MediaWithBytes(image, data, config)
 
     def load_base64(self, media_type: str, data: str) -> MediaWithBytes:
-        return self.load_bytes(pybase64.b64decode(data, validate=True))
+        with _tagged(data):
+            return self.load_bytes(_b64decode(data))
 
     def load_file(self, filepath: Path) -> MediaWithBytes:
         return self.load_bytes(filepath.read_bytes())
@@ -153,16 +176,17 @@ class ReferenceVideoIO(MediaIO):
         return self.load_bytes(filepath.read_bytes())
 
     def load_base64(self, media_type: str, data: str) -> MediaWithBytes:
-        base, params = _params(media_type, "video")
-        if base in FRAME_LIST_TYPES:
-            frames = [_open_image(pybase64.b64decode(p, validate=True), f"video.frames[{k}]")
-                      for k, p in enumerate(data.split(","))]
-            video = frame_list_video(frames, max_frames=self.frame_list_max_frames,
-                                     total_pixels=self.total_pixels)
-            return MediaWithBytes(video, data.encode())
-        fps, max_frames = params.get("fps", self.fps), params.get("max_frames", self.max_frames)
-        tag = f"fps={fps};max_frames={max_frames};".encode()  # settings take part in the cache key
-        return self._file(pybase64.b64decode(data, validate=True), fps, max_frames, tag)
+        with _tagged(data):
+            base, params = _params(media_type, "video")
+            if base in FRAME_LIST_TYPES:
+                frames = [_open_image(_b64decode(p), f"video.frames[{k}]")
+                          for k, p in enumerate(data.split(","))]
+                video = frame_list_video(frames, max_frames=self.frame_list_max_frames,
+                                         total_pixels=self.total_pixels)
+                return MediaWithBytes(video, data.encode())
+            fps, max_frames = params.get("fps", self.fps), params.get("max_frames", self.max_frames)
+            tag = f"fps={fps};max_frames={max_frames};".encode()  # settings join the cache key
+            return self._file(_b64decode(data), fps, max_frames, tag)
 
     def encode_base64(self, media_obj: Any) -> str:  # pragma: no cover - not used for input
         raise NotImplementedError

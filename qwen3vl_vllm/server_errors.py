@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from typing import Any
 
 REMOTE_OFF_DOMAIN = "remote-fetch-is-off.invalid"  # qwen3vl-vllm serve with media.remote_fetch off
@@ -40,7 +41,25 @@ MEDIA_MARKERS = ("Cannot load local files", "allowed-local-media-path", "allowed
                  "zero size", "no pixels")
 FIX = "Send a valid PNG, JPEG, WebP or GIF (as a data URL or URL), or leave the item out"
 NAMING_TIMEOUT_S = 5.0
-MAX_DECODE_BYTES = 24 * 1024 * 1024  # base64 characters of one item
+MAX_DECODE_BYTES = 40 * 1024 * 1024  # base64 characters of one item (~30 MB of file)
+
+
+def payload_fingerprint(payload: str) -> str:
+    """A cheap id of a data URL's payload (its start and length, no decoding): the media
+    connector puts it in its error messages (``item#<id>``) so the item is found without
+    decoding anything again."""
+    import hashlib
+
+    return hashlib.sha1(f"{len(payload)}:{payload[:4096]}".encode()).hexdigest()[:12]
+
+
+def _by_fingerprint(body: dict, fingerprint: str) -> tuple[str, str] | None:
+    for key in KEYS:
+        if key in body:
+            for where, kind, url in _parts(key, body[key]):
+                if payload_fingerprint(url.partition(",")[2]) == fingerprint:
+                    return where, kind
+    return None
 
 
 def _decodes(url: str, kind: str) -> bool:
@@ -94,6 +113,11 @@ def find_bad_item(body: dict, message: str = "") -> tuple[str, str] | None:
     first data-URL media item that does not decode; None when neither is found."""
     if not isinstance(body, dict):
         return None
+    tagged = re.search(r"item#([0-9a-f]{12})", message)
+    if tagged:  # the package's media connector named the payload: no decoding needed
+        found = _by_fingerprint(body, tagged.group(1))
+        if found:
+            return found
     local = "local files" in message or "allowed-local-media-path" in message or "outside" in message
     for key in KEYS:
         if key in body:
@@ -205,6 +229,9 @@ class NameBadItemsMiddleware:
                 text = (f"{where}: this server reads no local files ({message}). Send the {kind} "
                         "as a data URL, or serve with media.local_media_dir")
             else:
+                tag = re.match(r"^item#[0-9a-f]{12}(\.frames\[\d+\])?: ", message)
+                if tag:  # "item#<id>.frames[2]: ..." -> "messages[1].content[0].frames[2]: ..."
+                    where, message = where + (tag.group(1) or ""), message[tag.end():]
                 text = (f"{where}: cannot {'load' if status == 500 else 'decode'} the {kind} "
                         f"({message}). {FIX}")
             error.update(code=400, type="BadRequestError", message=text)

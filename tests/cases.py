@@ -277,3 +277,32 @@ NAMED_INSTRUCTIONS = {
 }
 CLIENT_TEXTS = ["A woman playing with her dog on a beach at sunset.", "the stock market fell today",
                 "查找相关的图片", "", "multi\nline text with émoji 🐱"]
+
+
+def long_video(path: Path, seconds: int, w: int = 640, h: int = 480, fps: int = 30) -> Path:
+    """A long, low-bitrate clip made at test time (small file, many frames): a still
+    background with a small moving square, mpeg4 with sparse key frames."""
+    import av
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 255 // w), (y * 255 // h), np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    tmp = path.with_suffix(".partial.mp4")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.bit_rate = 200_000
+        stream.codec_context.gop_size = fps * 10
+        for i in range(seconds * fps):
+            arr = base.copy()
+            cx = (i * 4) % (w - 40)
+            cy = (i * 2) % (h - 40)
+            arr[cy:cy + 40, cx:cx + 40] = (250, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.rename(path)
+    return path

@@ -30,7 +30,7 @@ def main() -> int:
                          max_num_seqs=16) as model:
         names = list(cases)
         vectors = model.process([cases[n] for n in names])
-        for name, vec in zip(names, vectors):
+        for name, vec in zip(names, vectors, strict=True):
             results[f"case/{name}"] = vec
         from cases import matrix_cases
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -36,7 +35,7 @@ def media_cases(tmp: Path) -> dict[str, tuple[dict, str]]:
         "data URL not an image": (_img("data:text/plain;base64," + b64(b"hello there")), "image"),
         "zero-size image": (_img("data:image/png;base64," + b64(crafted_png(0, 0))), "cannot decode the image"),
         "decompression bomb": (_img("data:image/png;base64," + b64(crafted_png(30000, 30000))), "decompression bomb"),
-        "unsupported URL scheme": (_img("ftp://127.0.0.1/x.png"), ""),
+        "unsupported URL scheme": (_img("ftp://127.0.0.1/x.png"), "must be either a HTTP, data or file URL"),
         "unreachable URL": (_img(f"http://127.0.0.1:{closed}/x.png"), "cannot load the image"),
         "file:// outside allowed folder": (_img("file:///etc/hostname"), "reads no local files"),
         "corrupt mp4": (_vid("data:video/mp4;base64," + b64(corrupt_mp4())), "video"),
@@ -80,11 +79,9 @@ def _still_good(emb):
 def test_server_embedding_media(case, emb, bad_tmp):
     server, model, _ = emb
     part, fragment = media_cases(bad_tmp)[case]
-    t0 = time.monotonic()
     r = httpx.post(server.base_url + "/embeddings", timeout=60,
                    json=_embed_body(model, [{"type": "text", "text": "x"}, part]))
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert time.monotonic() - t0 < 60
     msg = r.json()["error"]["message"]
     assert fragment.lower() in msg.lower(), msg
     if "decode" in fragment or "load the" in fragment or "bomb" in fragment:
@@ -98,8 +95,8 @@ def test_server_embedding_media(case, emb, bad_tmp):
     ("dimensions 0", {"dimensions": 0}, "dimensions"),
     ("dimensions negative", {"dimensions": -3}, "dimensions"),
     ("dimensions above model size", {"dimensions": 65}, "dimensions"),
-    ("wrong JSON type: messages", {"messages": "hello"}, ""),
-    ("wrong JSON type: dimensions", {"dimensions": "sixty-four"}, ""),
+    ("wrong JSON type: messages", {"messages": "hello"}, "body.messages"),
+    ("wrong JSON type: dimensions", {"dimensions": "sixty-four"}, "body.dimensions"),
 ])
 def test_server_embedding_requests(case, body_extra, fragment, emb):
     server, model, _ = emb
@@ -143,7 +140,7 @@ def test_server_rerank_media(case, rr, bad_tmp):
     ("empty query", {"query": {"content": []}, "documents": ["a"]}, "query: empty"),
     ("top_n above documents", {"query": "a cat", "documents": ["a", "b"], "top_n": 3}, "top_n: 3 is out of range"),
     ("top_n negative", {"query": "a cat", "documents": ["a", "b"], "top_n": -1}, "top_n"),
-    ("wrong JSON type: documents", {"query": "a cat", "documents": 5}, ""),
+    ("wrong JSON type: documents", {"query": "a cat", "documents": 5}, "body.documents"),
     # a too-long text pair is cut as the reference cuts it (test_rerank_server); with a video the
     # expanded length is not counted, so vLLM's own refusal stands
     ("pair over max length with a video", {"query": "hello " * 11000, "documents": [{"content": [
@@ -232,3 +229,9 @@ def test_rerank_client_errors(reranker_server):
         with pytest.raises(MediaError, match=r"^documents\[1\]\.image\[0\]"):
             rc.rerank({"text": "q"}, [{"text": "a"}, {"image": crafted_png(30000, 30000)}])
         assert len(rc.score({"text": "q"}, [{"text": "a"}])) == 1
+
+
+def test_every_case_expects_a_message(bad_tmp):
+    """An empty expected fragment would match any message: every case names what it expects."""
+    assert all(fragment.strip() for _, fragment in media_cases(bad_tmp).values())
+    assert all(fragment.strip() for _, _, fragment in client_cases(bad_tmp / "c").values())

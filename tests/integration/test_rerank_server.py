@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import httpx
@@ -118,11 +119,23 @@ def test_chunked_requests_keep_indices(rclient, reference_reranker):
     assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) <= TOL
 
 
-def test_same_prompt_for_any_part_order(rclient):
+def test_same_prompt_for_any_part_order(rclient, reranker_server, reference_reranker):
+    """The client orders parts as the reference does (videos, images, texts) whatever the dict
+    order; the server renders parts in the order it is sent, so this is what makes it right."""
     img = noise_image(64, 64, 5)
-    a = rclient.score({"text": "q"}, [{"text": "t", "image": img}])
-    b = rclient.score({"text": "q"}, [{"image": img, "text": "t"}])
-    assert a == b
+    ref = reference_reranker.process({"query": {"text": "q"}, "documents": [{"text": "t", "image": img}]})[0]
+    a = rclient.score({"text": "q"}, [{"text": "t", "image": img}])[0]
+    b = rclient.score({"text": "q"}, [{"image": img, "text": "t"}])[0]
+    assert a == b and abs(a - ref) <= TOL
+    # the same parts sent text-first (no project code) give another score: order matters
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = httpx.post(reranker_server.url + "/score", timeout=60, json={
+        "model": reranker_server.model, "queries": "q", "documents": [{"content": [
+            {"type": "text", "text": "t"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+    assert r.status_code == 200, r.text
+    assert abs(r.json()["data"][0]["score"] - ref) > 10 * TOL
 
 
 @pytest.mark.parametrize("top_n", [0, 21, -1])

@@ -269,3 +269,29 @@ def test_policy_body_limit_is_on_by_default(monkeypatch):
     assert "limit of 67108864" in json.loads(sent[1]["body"])["error"]["message"]
     monkeypatch.setenv("QWEN3VL_MAX_BODY_BYTES", "0")
     assert PolicyMiddleware(None).max_body == 0  # explicitly off
+
+
+def test_connector_errors_are_named_by_fingerprint_without_decoding(monkeypatch):
+    """The media connector tags its errors with the payload's fingerprint; the middleware finds
+    the item by it, decoding nothing (a 20 MB image is not decoded twice)."""
+    from qwen3vl_vllm import server_errors as se
+    from qwen3vl_vllm.errors import MediaError
+    from qwen3vl_vllm.media_connector import ReferenceImageIO, ReferenceVideoIO
+
+    monkeypatch.setattr(se, "_decodes", lambda *a: pytest.fail("decoded again"))
+    good = _good().split(",", 1)[1]
+    bad = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 64).decode()
+    for io_, payload, kind, suffix in (
+            (ReferenceImageIO(min_pixels=4096, max_pixels=1843200), bad, "image", ""),
+            (ReferenceVideoIO(fps=1.0, max_frames=64, frame_list_max_frames=64, total_pixels=7864320),
+             f"{good},{bad}", "video", ".frames[1]")):
+        mime = "image/png" if kind == "image" else "video/jpeg"
+        with pytest.raises(MediaError) as err:
+            io_.load_base64(mime, payload)
+        body = {"messages": [{"role": "user", "content": [
+            {"type": f"{kind}_url", f"{kind}_url": {"url": f"data:{mime};base64,{good}"}},
+            {"type": f"{kind}_url", f"{kind}_url": {"url": f"data:{mime};base64,{payload}"}}]}]}
+        sent = _run(_app(400, str(err.value)), body, path="/v1/embeddings")
+        message = json.loads(sent[1]["body"])["error"]["message"]
+        assert message.startswith(f"messages[0].content[1]{suffix}: cannot decode the {kind}"), message
+        assert "item#" not in message
