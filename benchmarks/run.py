@@ -71,21 +71,7 @@ def plain_args(kind: str, ckpt: str, port: int) -> list[str]:
                                   "server": {"port": port}, "batching": {"max_num_seqs": 64},
                                   "media": {"remote_fetch": True},
                                   "engine": {"gpu_memory_utilization": 0.25, "enforce_eager": True}})
-    args = vllm_args(cfg, ckpt)
-    out, skip = [], False
-    for i, a in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if a == "--middleware":  # the plugin's pieces are not there without it
-            skip = True
-            continue
-        if i and args[i - 1] == "--media-io-kwargs":
-            video = json.loads(a)["video"]
-            a = json.dumps({"video": {k: v for k, v in video.items()
-                                      if k in ("num_frames", "fps")}})
-        out.append(a)
-    return out
+    return vllm_args(cfg, ckpt, plugin=False)
 
 
 def embedding_bodies(items: list, model: str) -> list[dict]:

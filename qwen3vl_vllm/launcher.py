@@ -60,7 +60,7 @@ class ServerError(RuntimeError):
 
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
 from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV  # noqa: E402  (light: no vLLM import)
-from .plugin import MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
+from .settings import MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
 
 
 def resolve_model(model: str, *, build: bool, root: str | os.PathLike = ".cache") -> str:
@@ -89,33 +89,56 @@ def resolve_kind(cfg, model: str) -> str:
     return kind
 
 
-def vllm_args(cfg, model: str) -> list[str]:
-    """Every flag of the equivalent ``vllm serve`` command (works without the plugin too)."""
-    import json
-
+def engine_kwargs(cfg, model: str) -> dict:
+    """The engine settings a config gives: ``settings.effective_engine_kwargs`` with the
+    config's media bounds, limits and lengths as the user's values."""
     from .inputs import MediaSettings
-    from .plugin import MEDIA_IO_KWARGS, chat_template_path, engine_defaults, mm_processor_kwargs
+    from .settings import effective_engine_kwargs
 
-    kind = resolve_kind(cfg, model)
-    d = engine_defaults(kind)
     m = cfg.media
     settings = MediaSettings(min_pixels=m.min_pixels, max_pixels=m.max_pixels, fps=m.fps,
                              max_frames=m.max_frames)
-    media_io = {"video": {**MEDIA_IO_KWARGS["video"], "qwen3vl_fps": m.fps,
-                          "qwen3vl_max_frames": m.max_frames}}
-    max_len = cfg.max_model_len or d["max_model_len"]
+    user = {"limit_mm_per_prompt": {"image": m.images_per_prompt, "video": m.videos_per_prompt}}
+    if cfg.max_model_len is not None:
+        user["max_model_len"] = cfg.max_model_len
+    if cfg.batching.max_num_batched_tokens is not None:
+        user["max_num_batched_tokens"] = cfg.batching.max_num_batched_tokens
+    return effective_engine_kwargs(resolve_kind(cfg, model), user, settings)
+
+
+# media_io_kwargs keys only the plugin's video loader understands
+PLUGIN_ONLY_VIDEO_KEYS = ("video_backend", "qwen3vl_fps", "qwen3vl_max_frames")
+
+
+def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
+    """Every flag of the equivalent ``vllm serve`` command.
+
+    ``plugin=False`` gives the closest plain-vLLM command (no middleware, vLLM's own video
+    loader), e.g. to compare against with the plugin disabled (``VLLM_PLUGINS``).
+    """
+    import json
+
+    from .settings import chat_template_path
+
+    kind = resolve_kind(cfg, model)
+    d = engine_kwargs(cfg, model)
+    m = cfg.media
+    media_io = d["media_io_kwargs"]
+    if not plugin:
+        media_io = {**media_io, "video": {k: v for k, v in media_io["video"].items()
+                                          if k not in PLUGIN_ONLY_VIDEO_KEYS}}
     j = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
     args = [model, "--host", cfg.server.host, "--port", str(cfg.server.port),
             "--runner", d["runner"], "--convert", d["convert"],
             "--pooler-config", j(d["pooler_config"]),
             "--hf-overrides", j(d["hf_overrides"]),
             "--chat-template", chat_template_path(kind),
-            "--mm-processor-kwargs", j(mm_processor_kwargs(settings)),
+            "--mm-processor-kwargs", j(d["mm_processor_kwargs"]),
             "--media-io-kwargs", j(media_io),
-            "--limit-mm-per-prompt", j({"image": m.images_per_prompt, "video": m.videos_per_prompt}),
+            "--limit-mm-per-prompt", j(d["limit_mm_per_prompt"]),
             "--dtype", cfg.dtype,
-            "--max-model-len", str(max_len),
-            "--max-num-batched-tokens", str(cfg.batching.max_num_batched_tokens or max_len),
+            "--max-model-len", str(d["max_model_len"]),
+            "--max-num-batched-tokens", str(d["max_num_batched_tokens"]),
             "--max-num-seqs", str(cfg.batching.max_num_seqs),
             "--data-parallel-size", str(cfg.parallel.data_parallel_size),
             "--tensor-parallel-size", str(cfg.parallel.tensor_parallel_size),
@@ -130,7 +153,7 @@ def vllm_args(cfg, model: str) -> list[str]:
         args += ["--allowed-media-domains", REMOTE_OFF_DOMAIN]
     elif m.allowed_domains:
         args += ["--allowed-media-domains", *m.allowed_domains]
-    for mw in MIDDLEWARES:
+    for mw in (MIDDLEWARES if plugin else ()):
         args += ["--middleware", mw]
     if cfg.engine.gpu_memory_utilization is not None:
         args += ["--gpu-memory-utilization", str(cfg.engine.gpu_memory_utilization)]

@@ -27,7 +27,7 @@ from . import exitguard
 from . import inputs as I
 from . import media as M
 from .errors import InputError
-from .plugin import chat_template_path, engine_defaults
+from .settings import chat_template_path, effective_engine_kwargs, image_tokens
 
 exitguard.record_exit_codes()  # before a script's `sys.exit(main())` looks sys.exit up
 
@@ -39,18 +39,14 @@ PROGRESS_THRESHOLD = 64
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
-def _engine_kwargs(kind: str, user: dict) -> dict:
+def _engine_kwargs(kind: str, user: dict, settings: I.MediaSettings = I.DEFAULT_SETTINGS) -> dict:
+    """``vllm.LLM`` keyword arguments: the package's engine settings merged with the user's
+    (``settings.effective_engine_kwargs``, the rule the plugin applies to ``vllm serve``)."""
     from vllm.config import PoolerConfig
 
-    kw = engine_defaults(kind)
-    kw["pooler_config"] = PoolerConfig(**kw["pooler_config"])
-    hf = user.pop("hf_overrides", None) or {}
-    kw["hf_overrides"] = {**kw["hf_overrides"], **hf}
-    mm = user.pop("mm_processor_kwargs", None) or {}
-    kw["mm_processor_kwargs"] = {**kw["mm_processor_kwargs"], **mm}
-    media = user.pop("media_io_kwargs", None) or {}
-    kw["media_io_kwargs"] = {**kw["media_io_kwargs"], **media}
-    kw.update(user)
+    kw = effective_engine_kwargs(kind, user, settings)
+    if isinstance(kw["pooler_config"], dict):
+        kw["pooler_config"] = PoolerConfig(**kw["pooler_config"])
     return kw
 
 
@@ -67,7 +63,8 @@ class _Engine:
         self.settings = settings
         self.policy = policy
         self.model_name_or_path = model_name_or_path
-        self.llm = LLM(model=model_name_or_path, **_engine_kwargs(self.kind, dict(engine_kwargs)))
+        self.llm = LLM(model=model_name_or_path,
+                       **_engine_kwargs(self.kind, dict(engine_kwargs), settings))
         self.tokenizer = self.llm.get_tokenizer()
         with open(chat_template_path(self.kind)) as f:
             self.template = f.read()
@@ -106,8 +103,7 @@ class _Engine:
         """Refuse an over-long input by name before vLLM refuses the whole batch."""
         limit = self.llm.llm_engine.model_config.max_model_len
         n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        n += sum((im.width // I.IMAGE_FACTOR) * (im.height // I.IMAGE_FACTOR) - 1
-                 for im in data.get("image", []))
+        n += sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
         for frames, _ in data.get("video", []):  # pads only: a lower bound
             t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
             n += (t // 2) * (h // I.IMAGE_FACTOR) * (w // I.IMAGE_FACTOR)
@@ -211,8 +207,7 @@ class Qwen3VLReranker(_Engine):
                                                   add_generation_prompt=True)
         ids = self.tokenizer(chat, add_special_tokens=False)["input_ids"]
         # media pads the engine will add: one token per 32x32 pixels of each resized image
-        extra = sum((im.width // I.IMAGE_FACTOR) * (im.height // I.IMAGE_FACTOR) - 1
-                    for im in data.get("image", []))
+        extra = sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
         prompt: dict = {"prompt": chat}
         if len(ids) + extra - I.RERANK_SUFFIX_TOKENS > self.max_length:
             if data.get("video"):

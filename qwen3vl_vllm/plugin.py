@@ -1,39 +1,43 @@
 """vLLM plugin: serve Qwen3-VL-Embedding / -Reranker checkpoints correctly with no extra flags.
 
 Loaded by vLLM through the ``vllm.general_plugins`` entry point in every process. ``register()``
-is idempotent and cheap; it installs two guarded hooks (vLLM 0.32.x only, logged once):
+is idempotent and cheap. On vLLM 0.32.x it installs guarded hooks, each marked and logged once:
 
-1. ``EngineArgs.create_model_config``: when the model is detected as an embedding or reranker
-   checkpoint, settings the user left at their defaults are filled in (runner, conversion,
-   pooling, Matryoshka, pixel bounds, max length). Anything the user set wins.
-2. The OpenAI server's argument validation: when ``--chat-template`` is not given, the package's
-   template for the kind is used (embedding prompt / reranker score prompt).
+1. ``EngineArgs.create_model_config``: for a detected checkpoint, the engine settings of
+   ``settings`` (runner, conversion, pooling, Matryoshka, pixel bounds, video loader, limits,
+   max length), merged with whatever the user set (which wins); then the start-up gate
+   (``_gate``): a reranker server missing any piece below refuses to start.
+2. The OpenAI server's argument validation (and the batch runner's endpoint set-up): the
+   package's chat template, middleware, keep-alive and media connector.
+3. The ``qwen3vl`` video loader and media connector, the input-string templating
+   (``embed_inputs``) and the reranker truncation (``score_truncation``).
 
 Which checkpoints are touched is decided by ``detect.detect_kind``; anything else (an instruct
-model, another architecture) is left exactly as vLLM would serve it.
+model, another architecture) is left exactly as vLLM would serve it. What is set lives in
+``settings``; this module only installs it.
 
 Example::
 
-    from qwen3vl_vllm.plugin import detect_kind, engine_defaults
-    detect_kind("Qwen/Qwen3-VL-Embedding-2B")            # -> "embedding"
-    engine_defaults("embedding")["runner"]               # -> "pooling"
+    from qwen3vl_vllm.plugin import apply_engine_defaults
+    from vllm.engine.arg_utils import EngineArgs
+    args = EngineArgs(model="Qwen/Qwen3-VL-Embedding-2B")
+    apply_engine_defaults(args)                      # -> "embedding"; args.runner == "pooling"
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from .detect import detect_kind
-from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, RERANK_MAX_MODEL_LEN
 from .server_policy import MAX_BODY_ENV, max_body_bytes
+from .settings import (KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES,
+                       chat_template_path, effective_engine_kwargs)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
 SUPPORTED_VLLM = ("0.32.",)
-TEMPLATES = Path(__file__).parent / "templates"
 _STATE: dict[str, Any] = {"registered": False, "patched": [], "missing": {}, "tested": True,
                           "version": "unknown"}
 # The pieces ``register()`` installs, and the kinds whose results depend on each (a detected
@@ -45,122 +49,33 @@ PIECES = {
     "input-string templating": ("embedding",),
     "reranker truncation": ("reranker",),
 }
-MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
-               "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
-# vLLM closes idle keep-alive connections after 5 s, exactly when httpx/openai pools expire them
-# (5 s), so a client can reuse a connection the server is closing that instant: ReadError on a
-# request that was never read (seen as 5 of 2,000 in CI). Servers must outlive client pools:
-# 75 s exceeds httpx/openai (5 s), aiohttp (15 s) and the 60 s idle timeout of common load
-# balancers. An explicit VLLM_HTTP_TIMEOUT_KEEP_ALIVE always wins.
-KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
-KEEP_ALIVE_S = 75
-# Images and frames sent to the server are prepared as the reference prepares them
-# (``media_connector``), whatever the client sent. An explicit VLLM_MEDIA_CONNECTOR wins.
-MEDIA_CONNECTOR_ENV = "VLLM_MEDIA_CONNECTOR"
-MEDIA_CONNECTOR = "qwen3vl"
-
-
-def chat_template_path(kind: str) -> str:
-    """The packaged template: the embedding prompt, or the reranker's score prompt."""
-    return str(TEMPLATES / ("embedding.jinja" if kind == "embedding" else "reranker.jinja"))
-
-
-def mm_processor_kwargs(settings=DEFAULT_SETTINGS) -> dict:
-    """Image pixel bounds of the reference (the checkpoints' own config caps at 1,280 tokens).
-
-    Scoped to images: flat min/max_pixels would also become the *whole video's* budget.
-    """
-    return {"images_kwargs": {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}}
-
-
-# A video sent as frames ("data:video/jpeg;base64,<f1>,<f2>,...") keeps all its frames (vLLM's
-# default keeps 32) and gets the reference's frame-list timestamps (sampling fps 2.0).
-# Bounded media per prompt (a reranker prompt holds the query and one document).
-LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
-
-# Video files go through the package's loader (``video_loader``), decoded and sampled like the
-# reference (fps 1.0, max 64 frames).
-MEDIA_IO_KWARGS = {"video": {"num_frames": -1, "fps": 2.0, "video_backend": "qwen3vl",
-                             "qwen3vl_fps": DEFAULT_SETTINGS.fps,
-                             "qwen3vl_max_frames": DEFAULT_SETTINGS.max_frames}}
-
-
-def engine_defaults(kind: str) -> dict[str, Any]:
-    """EngineArgs fields the plugin sets for a kind (plain values, no vLLM import)."""
-    if kind == "embedding":
-        return {
-            "runner": "pooling",
-            "convert": "embed",
-            "pooler_config": {"seq_pooling_type": "LAST", "use_activation": True},
-            "hf_overrides": {"is_matryoshka": True},
-            "mm_processor_kwargs": mm_processor_kwargs(),
-            "media_io_kwargs": MEDIA_IO_KWARGS,
-            "max_model_len": EMBED_MAX_LENGTH,
-            "max_num_batched_tokens": EMBED_MAX_LENGTH,
-        }
-    if kind == "reranker":
-        return {
-            "runner": "pooling",
-            "convert": "classify",
-            "pooler_config": {"seq_pooling_type": "LAST", "use_activation": True},
-            "hf_overrides": {
-                "architectures": ["Qwen3VLForSequenceClassification"],
-                "classifier_from_token": ["no", "yes"],
-                "is_original_qwen3_reranker": True,
-            },
-            "mm_processor_kwargs": mm_processor_kwargs(),
-            "media_io_kwargs": MEDIA_IO_KWARGS,
-            "max_model_len": RERANK_MAX_MODEL_LEN,
-            "max_num_batched_tokens": RERANK_MAX_MODEL_LEN,
-        }
-    raise ValueError(f"unknown kind {kind!r}")
+# EngineArgs values that mean "not set by the user" (then the package's default applies)
+_UNSET = {"runner": ("auto",), "convert": ("auto",), "pooler_config": (None,),
+          "hf_overrides": (None, {}), "mm_processor_kwargs": (None, {}),
+          "media_io_kwargs": (None, {}), "limit_mm_per_prompt": (None, {}),
+          "max_model_len": (None,), "max_num_batched_tokens": (None,)}
 
 
 def apply_engine_defaults(args: Any) -> str | None:
-    """Fill an ``EngineArgs`` in place for a detected checkpoint; return the kind."""
+    """Fill an ``EngineArgs`` in place for a detected checkpoint; return the kind.
+
+    What the user set wins, merged by ``settings.effective_engine_kwargs`` (the rule the
+    offline API and the launcher use too)."""
     kind = detect_kind(getattr(args, "model", None))
     if kind is None:
         return None
-    defaults = engine_defaults(kind)
+    user = {k: getattr(args, k) for k, unset in _UNSET.items()
+            if hasattr(args, k) and not any(getattr(args, k) == u for u in unset)}
     changed = []
-    if getattr(args, "runner", "auto") == "auto":
-        args.runner = defaults["runner"]
-        changed.append("runner")
-    if getattr(args, "convert", "auto") == "auto":
-        args.convert = defaults["convert"]
-        changed.append("convert")
-    if getattr(args, "pooler_config", None) is None:
-        from vllm.config import PoolerConfig
+    for key, value in effective_engine_kwargs(kind, user).items():
+        if key in user and value == user[key]:
+            continue
+        if key == "pooler_config" and isinstance(value, dict):
+            from vllm.config import PoolerConfig
 
-        args.pooler_config = PoolerConfig(**defaults["pooler_config"])
-        changed.append("pooler_config")
-    hf = getattr(args, "hf_overrides", None)
-    if hf is None or isinstance(hf, dict):
-        merged = {**defaults["hf_overrides"], **(hf or {})}
-        if merged != hf:
-            args.hf_overrides = merged
-            changed.append("hf_overrides")
-    mm = getattr(args, "mm_processor_kwargs", None)
-    merged_mm = {**defaults["mm_processor_kwargs"], **(mm or {})}
-    if merged_mm != mm:
-        args.mm_processor_kwargs = merged_mm
-        changed.append("mm_processor_kwargs")
-    media = getattr(args, "media_io_kwargs", None) or {}
-    merged_media = {k: {**v, **media.get(k, {})} for k, v in defaults["media_io_kwargs"].items()}
-    merged_media.update({k: v for k, v in media.items() if k not in merged_media})
-    if merged_media != media:
-        args.media_io_kwargs = merged_media
-        changed.append("media_io_kwargs")
-    if not getattr(args, "limit_mm_per_prompt", None):
-        args.limit_mm_per_prompt = dict(LIMIT_MM_PER_PROMPT)
-        changed.append("limit_mm_per_prompt")
-    if getattr(args, "max_model_len", None) is None:
-        args.max_model_len = defaults["max_model_len"]
-        changed.append("max_model_len")
-    if getattr(args, "max_num_batched_tokens", None) is None:
-        # a whole reference-sized video (up to 7,680 tokens) must fit the encoder cache
-        args.max_num_batched_tokens = max(defaults["max_num_batched_tokens"], args.max_model_len or 0)
-        changed.append("max_num_batched_tokens")
+            value = PoolerConfig(**value)
+        setattr(args, key, value)
+        changed.append(key)
     if changed:
         logger.info("qwen3vl-vllm: %s checkpoint %s: set %s", kind, args.model, ", ".join(changed))
     return kind

@@ -1,13 +1,14 @@
 """The reference's truncation of over-long reranker pairs, on the server (vLLM 0.32 patch).
 
-Why: the reference tokenises the whole (query, document) prompt and, when it is longer than
-``max_length`` (10,240), keeps every special token of the body, the first plain tokens that
-still fit, and re-appends the 5-token suffix (SPEC §2). vLLM 0.32 rejects such a pair with a
+Why: the reference tokenises the whole (query, document) prompt and, when its body (all but the
+5-token suffix) is longer than ``max_length`` (10,240), keeps every special token of the body and
+the first plain tokens that still fit, then re-appends the suffix (upstream ``tokenize``). vLLM 0.32 rejects such a pair with a
 400 instead, so plain ``/rerank`` and ``/score`` requests (curl, the openai SDK) could not get
 the reference's score. vLLM has no extension point for this, so ``patch()`` wraps
 ``CrossEncoderIOProcessor.get_score_prompt``: the one place where vLLM holds the pair's token
 ids and its loaded media, before anything checks the length. It cuts the ids with
-``inputs.truncate_pair_tokens``, the rule the offline API and the reference share.
+``inputs.truncate_pair_tokens``, the rule the offline API uses too (the reference has its own
+copy, written separately, which the parity tests compare against).
 
 - Only checkpoints the plugin detects as rerankers are touched; other models are unchanged.
 - Each image counts as the pad tokens the engine expands it to (one per 32x32 pixels after the
@@ -30,22 +31,18 @@ from typing import Any
 from .detect import detect_kind
 from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, NULL_TEXT, RERANK_MAX_LENGTH,
                      RERANK_SUFFIX_TOKENS, truncate_pair_tokens)
+from .media import smart_resize
+from .settings import image_tokens
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")
 _SENTINEL = "_qwen3vl_vllm_truncation"
 
 
 def image_token_count(width: int, height: int, *, min_pixels: float, max_pixels: float) -> int:
-    """Pad tokens one image expands to: the server's resize, then one token per 32x32 pixels."""
-    try:
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-    except ImportError:  # pragma: no cover - older transformers: the same rule, ours
-        from .media import smart_resize as _ours
-
-        def smart_resize(h, w, factor, min_pixels, max_pixels):
-            return _ours(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    h, w = smart_resize(height, width, IMAGE_FACTOR, int(min_pixels), int(max_pixels))
-    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
+    """Pad tokens one image expands to: the server's resize (a no-op for images the media
+    connector already prepared), then one token per 32x32 pixels."""
+    h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    return image_tokens(w, h)
 
 
 def fit_pair_ids(ids: list[int], special_ids: set[int], image_sizes: list[tuple[int, int]], *,

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import detect, plugin
+from qwen3vl_vllm import detect, plugin, settings
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ def test_user_settings_win():
     assert args.max_model_len == 2048
     assert args.hf_overrides == {"is_matryoshka": True, "foo": 1}
     assert args.mm_processor_kwargs == {"images_kwargs": {"max_pixels": 100000}}
-    assert args.media_io_kwargs == plugin.MEDIA_IO_KWARGS
+    assert args.media_io_kwargs == settings.media_io_kwargs()
     assert args.media_io_kwargs["video"]["video_backend"] == "qwen3vl"
 
 

@@ -1,0 +1,111 @@
+"""Every serving decision per kind, in one place, free of vLLM imports.
+
+The plugin (``vllm serve``), the offline API (``vllm.LLM``), the launcher's dry run and the
+benchmarks all read this module, and merge a user's own settings the same way
+(``effective_engine_kwargs``): whatever the user set wins; ``hf_overrides`` and
+``mm_processor_kwargs`` are merged key by key, ``media_io_kwargs`` per modality; the batched
+token budget is never below ``max_model_len`` (a whole reference-sized video must fit).
+
+Example::
+
+    >>> from qwen3vl_vllm.settings import effective_engine_kwargs
+    >>> effective_engine_kwargs("embedding", {"max_model_len": 16384})["max_num_batched_tokens"]
+    16384
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .inputs import (DEFAULT_SETTINGS, EMBED_MAX_LENGTH, IMAGE_FACTOR, RERANK_MAX_MODEL_LEN,
+                     MediaSettings)
+
+KINDS = ("embedding", "reranker")
+TEMPLATES = Path(__file__).parent / "templates"
+
+# Server-side pieces the plugin adds to `vllm serve` through vLLM's --middleware option.
+MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
+               "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
+# vLLM closes idle keep-alive connections after 5 s, exactly when httpx/openai pools expire them
+# (5 s), so a client can reuse a connection the server is closing that instant: ReadError on a
+# request that was never read (seen as 5 of 2,000 in CI). Servers must outlive client pools:
+# 75 s exceeds httpx/openai (5 s), aiohttp (15 s) and the 60 s idle timeout of common load
+# balancers. An explicit VLLM_HTTP_TIMEOUT_KEEP_ALIVE always wins.
+KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+KEEP_ALIVE_S = 75
+# Images and frames sent to the server are prepared as the reference prepares them
+# (``media_connector``), whatever the client sent. An explicit VLLM_MEDIA_CONNECTOR wins.
+MEDIA_CONNECTOR_ENV = "VLLM_MEDIA_CONNECTOR"
+MEDIA_CONNECTOR = "qwen3vl"
+VIDEO_LOADER = "qwen3vl"  # video files: ``video_loader`` (PyAV, reference sampling and size)
+# Bounded media per prompt (a reranker prompt holds the query and one document).
+LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
+ENGINE_FIELDS = ("runner", "convert", "pooler_config", "hf_overrides", "mm_processor_kwargs",
+                 "media_io_kwargs", "limit_mm_per_prompt", "max_model_len", "max_num_batched_tokens")
+
+
+def chat_template_path(kind: str) -> str:
+    """The packaged template: the embedding prompt, or the reranker's score prompt."""
+    return str(TEMPLATES / ("embedding.jinja" if kind == "embedding" else "reranker.jinja"))
+
+
+def mm_processor_kwargs(settings: MediaSettings = DEFAULT_SETTINGS) -> dict:
+    """Image pixel bounds of the reference (the checkpoints' own config caps at 1,280 tokens).
+
+    Scoped to images: flat min/max_pixels would also become the *whole video's* budget.
+    """
+    return {"images_kwargs": {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}}
+
+
+def media_io_kwargs(settings: MediaSettings = DEFAULT_SETTINGS) -> dict:
+    """Video files go through the package's loader with the reference's fps/max_frames; a
+    frame list keeps all its frames (vLLM's default keeps 32) at a sampling fps of 2.0."""
+    return {"video": {"num_frames": -1, "fps": 2.0, "video_backend": VIDEO_LOADER,
+                      "qwen3vl_fps": settings.fps, "qwen3vl_max_frames": settings.max_frames}}
+
+
+def engine_defaults(kind: str, settings: MediaSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
+    """The engine fields the package sets for a kind (plain values, no vLLM objects)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+    max_len = EMBED_MAX_LENGTH if kind == "embedding" else RERANK_MAX_MODEL_LEN
+    return {
+        "runner": "pooling",
+        "convert": "embed" if kind == "embedding" else "classify",
+        "pooler_config": {"seq_pooling_type": "LAST", "use_activation": True},
+        "hf_overrides": ({"is_matryoshka": True} if kind == "embedding" else {
+            "architectures": ["Qwen3VLForSequenceClassification"],
+            "classifier_from_token": ["no", "yes"],
+            "is_original_qwen3_reranker": True,
+        }),
+        "mm_processor_kwargs": mm_processor_kwargs(settings),
+        "media_io_kwargs": media_io_kwargs(settings),
+        "limit_mm_per_prompt": dict(LIMIT_MM_PER_PROMPT),
+        "max_model_len": max_len,
+        "max_num_batched_tokens": max_len,
+    }
+
+
+def effective_engine_kwargs(kind: str, user: dict[str, Any],
+                            settings: MediaSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
+    """The package's defaults with the user's engine settings merged in (the one rule)."""
+    defaults = engine_defaults(kind, settings)
+    out = {**defaults}
+    for key, value in user.items():
+        base = defaults.get(key)
+        if key in ("hf_overrides", "mm_processor_kwargs") and isinstance(value, dict):
+            out[key] = {**base, **value}
+        elif key == "media_io_kwargs" and isinstance(value, dict):
+            out[key] = {m: {**base.get(m, {}), **value.get(m, {})} for m in {**base, **value}}
+        else:
+            out[key] = value
+    if "max_num_batched_tokens" not in user or user["max_num_batched_tokens"] is None:
+        # a whole reference-sized video (up to 7,680 tokens) must fit one batch
+        out["max_num_batched_tokens"] = max(defaults["max_num_batched_tokens"], out["max_model_len"] or 0)
+    return out
+
+
+def image_tokens(width: int, height: int) -> int:
+    """Pad tokens an image at its final size expands to: one per 32x32 pixels."""
+    return (width // IMAGE_FACTOR) * (height // IMAGE_FACTOR)
