@@ -405,6 +405,8 @@ class AsyncEmbeddingClient(_AsyncClient):
 
         _check_list(inputs)
         _check_dimensions(dimensions)
+        if not inputs:  # nothing to embed: no request at all, as the sync twin
+            return np.zeros((0, dimensions or 0), dtype=np.float32)
         model = await self.model()
         bodies = [embedding_body(item, index=i, model=model, instruction=instruction,
                                  dimensions=dimensions, encoding_format=encoding_format,

@@ -68,12 +68,30 @@ def _ranked(scores: list[float], documents: Sequence[Any], top_n: int | None,
     return [RerankResult(i, scores[i], documents[i] if return_documents else None) for i in order]
 
 
-def _rerank_scores(resp: Any, chunk: range) -> list[tuple[int, float]]:
-    return [(chunk[r["index"]], float(r["relevance_score"])) for r in resp["results"]]
+def _body(path: str, model: str, req, q: dict, docs: list, chunk: range) -> dict:
+    key = "query" if path == "/rerank" else "queries"
+    return {"model": model, key: q, "documents": [docs[i] for i in chunk],
+            "instruction": req.instruction}
 
 
-def _score_scores(resp: Any, chunk: range) -> list[tuple[int, float]]:
-    return [(chunk[r["index"]], float(r["score"])) for r in resp["data"]]
+def _parse(path: str, resp: Any, chunk: range) -> list[tuple[int, float]]:
+    items = resp["results"] if path == "/rerank" else resp["data"]
+    field = "relevance_score" if path == "/rerank" else "score"
+    if len(items) != len(chunk) or sorted(r["index"] for r in items) != list(range(len(chunk))):
+        raise InputError("documents", f"server answered {len(items)} scores for {len(chunk)} "
+                         "documents", "Check that the server serves a reranker")
+    return [(chunk[r["index"]], float(r[field])) for r in items]
+
+
+def _collect(pairs: list[tuple[int, float]], n: int) -> list[float]:
+    """Scores in document order; every document must have exactly one (shared by both twins)."""
+    scores: list[float | None] = [None] * n
+    for i, s in pairs:
+        scores[i] = s
+    if len(pairs) != n or any(s is None for s in scores):
+        raise InputError("documents", f"server answered {len(pairs)} scores for {n} documents",
+                         "Check that the server serves a reranker and that top_n is not set on it")
+    return scores
 
 
 class RerankClient(_Client):
@@ -83,24 +101,15 @@ class RerankClient(_Client):
 
     def _scores(self, path: str, query, documents, instruction, fps, max_frames, top_n=None):
         req, q, docs = _prepared(self, query, documents, instruction, top_n, fps, max_frames)
-        key = "query" if path == "/rerank" else "queries"
-        parse = _rerank_scores if path == "/rerank" else _score_scores
+        model = self.model
 
         def one(chunk: range):
-            body = {"model": self.model, key: q, "documents": [docs[i] for i in chunk],
-                    "instruction": req.instruction}
             where = f"documents[{chunk.start}:{chunk.stop}]"
-            return parse(self._call(path, body, where), chunk)
+            return _parse(path, self._call(path, _body(path, model, req, q, docs, chunk), where), chunk)
 
         chunks = _chunks(len(docs), self.chunk_size)
         with ThreadPoolExecutor(max_workers=min(self._s.max_concurrency, len(chunks))) as pool:
-            pairs = [p for part in pool.map(one, chunks) for p in part]
-        scores = [0.0] * len(docs)
-        for i, s in pairs:
-            scores[i] = s
-        if len(pairs) != len(docs):
-            raise InputError("documents", f"server answered {len(pairs)} scores for {len(docs)} documents")
-        return scores
+            return _collect([p for part in pool.map(one, chunks) for p in part], len(docs))
 
     def rerank(self, query: Mapping[str, Any], documents: Sequence[Mapping[str, Any]], *,
                instruction: str | None = None, top_n: int | None = None,
@@ -124,24 +133,17 @@ class AsyncRerankClient(_AsyncClient):
 
     async def _scores(self, path, query, documents, instruction, fps, max_frames, top_n=None):
         req, q, docs = _prepared(self, query, documents, instruction, top_n, fps, max_frames)
-        key = "query" if path == "/rerank" else "queries"
-        parse = _rerank_scores if path == "/rerank" else _score_scores
         model = await self.model()
         sem = asyncio.Semaphore(self._s.max_concurrency)
 
         async def one(chunk: range):
-            body = {"model": model, key: q, "documents": [docs[i] for i in chunk],
-                    "instruction": req.instruction}
             async with sem:
-                resp = await self._call(path, body, f"documents[{chunk.start}:{chunk.stop}]")
-            return parse(resp, chunk)
+                resp = await self._call(path, _body(path, model, req, q, docs, chunk),
+                                        f"documents[{chunk.start}:{chunk.stop}]")
+            return _parse(path, resp, chunk)
 
         parts = await asyncio.gather(*(one(c) for c in _chunks(len(docs), self.chunk_size)))
-        scores = [0.0] * len(docs)
-        for part in parts:
-            for i, s in part:
-                scores[i] = s
-        return scores
+        return _collect([p for part in parts for p in part], len(docs))
 
     async def rerank(self, query, documents, *, instruction=None, top_n=None,
                      return_documents=False, fps=None, max_frames=None) -> list[RerankResult]:

@@ -237,3 +237,49 @@ def test_any_500_is_retried(item, monkeypatch):
                         http_client=httpx.Client(transport=httpx.MockTransport(faulty)))
     assert c.embed([item], encoding_format="float").tolist() == [[0.0, 1.0]]
     assert calls["n"] == 2
+
+
+# ---- both twins, the same behaviour (parametrised over sync and async)
+
+
+def _twin(kind: str, handler, **kw):
+    """A sync or async client over a fake transport, and a runner for its calls."""
+    import asyncio
+
+    from qwen3vl_vllm import AsyncEmbeddingClient, AsyncRerankClient, RerankClient
+
+    sync_cls, async_cls = {"embed": (EmbeddingClient, AsyncEmbeddingClient),
+                           "rerank": (RerankClient, AsyncRerankClient)}[kind]
+    if kw.pop("asynchronous"):
+        client = async_cls(base_url="http://fake/v1", model="m", max_retries=0,
+                           http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)), **kw)
+        return client, lambda coro: asyncio.run(coro)
+    client = sync_cls(base_url="http://fake/v1", model="m", max_retries=0,
+                      http_client=httpx.Client(transport=httpx.MockTransport(handler)), **kw)
+    return client, lambda value: value
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_twins_send_nothing_for_empty_input(asynchronous):
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.path)
+        return httpx.Response(500)
+
+    client, run = _twin("embed", handler, asynchronous=asynchronous)
+    out = run(client.embed([]))
+    assert out.shape == (0, 0) and calls == []
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("answered", [1, 3])
+def test_twins_check_the_score_count(asynchronous, answered):
+    def handler(request):
+        data = [{"index": i, "object": "score", "score": 0.5} for i in range(answered)]
+        return httpx.Response(200, json={"object": "list", "data": data, "model": "m",
+                                         "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    client, run = _twin("rerank", handler, asynchronous=asynchronous)
+    with pytest.raises(errors.InputError, match=f"server answered {answered} scores for 2 documents"):
+        run(client.score({"text": "q"}, [{"text": "a"}, {"text": "b"}]))
