@@ -7,13 +7,11 @@ and the demo's exit code never depends on the server's own exit (SPEC §4 abort)
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 
 def demo_media():
-    import numpy as np
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (320, 240), (30, 120, 200))
@@ -89,13 +87,3 @@ def run(root: str | os.PathLike = ".cache", port: int | None = None) -> int:
         print(f"[demo]   documents[{hit.index}] ({doc_labels[hit.index]:>10}): {hit.relevance_score:.4f}")
     print(f"[demo] servers stopped; total {time.monotonic() - t0:.0f}s")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return run()
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # noqa: BLE001 - report, exit non-zero with a reason
-        print(f"[demo] FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1

@@ -329,29 +329,3 @@ def truncate_pair_tokens(ids: list[int], special_ids: set[int], max_length: int,
             out.append(t)
             keep -= 1
     return out + list(tail)
-
-
-IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
-VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
-
-
-def render_parts(parts: list[dict]) -> str:
-    """Content parts as the chat template renders them (media as unexpanded placeholders)."""
-    out = []
-    for p in parts:
-        if p["type"] == "image":
-            out.append(IMAGE_PLACEHOLDER)
-        elif p["type"] == "video":
-            out.append(VIDEO_PLACEHOLDER)
-        else:
-            out.append(p["text"])
-    return "".join(out)
-
-
-def rerank_prompt_head(instruction: str, query: list[dict]) -> str:
-    """The reranker prompt up to and including "<Document>:" (what precedes the document)."""
-    return ("<|im_start|>system\n" + RERANK_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
-            + f"<Instruct>: {instruction}<Query>:" + render_parts(query) + "\n<Document>:")
-
-
-RERANK_PROMPT_TAIL = "<|im_end|>\n<|im_start|>assistant\n"

@@ -235,22 +235,33 @@ class ServerProcess:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
-    def wait_healthy(self, timeout: float | None = None) -> None:
+    def poll_healthy(self, timeout: float | None = None, stop=lambda: False) -> str:
+        """Poll ``/health`` until it answers 200: "healthy", or "exited" (the process ended),
+        "timeout", "stopped" (``stop()`` became true). The one health loop of the launcher."""
         import httpx
 
         deadline = time.monotonic() + (timeout or self.startup_timeout)
-        while time.monotonic() < deadline:
+        while not stop():
             if self.proc is None or self.proc.poll() is not None:
-                raise ServerError(f"vLLM server exited early (rc={self.proc.returncode if self.proc else None});"
-                                  f" see {self.log_path or 'its output'}")
+                return "exited"
             try:
                 if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return
+                    return "healthy"
             except httpx.HTTPError:
                 pass
+            if time.monotonic() > deadline:
+                return "timeout"
             time.sleep(0.5)
-        raise ServerError(f"vLLM server not healthy after {timeout or self.startup_timeout:.0f}s; "
-                          f"see {self.log_path or 'its output'}")
+        return "stopped"
+
+    def wait_healthy(self, timeout: float | None = None) -> None:
+        state = self.poll_healthy(timeout)
+        if state == "exited":
+            raise ServerError(f"vLLM server exited early (rc={self.proc.returncode if self.proc else None});"
+                              f" see {self.log_path or 'its output'}")
+        if state != "healthy":
+            raise ServerError(f"vLLM server not healthy after {timeout or self.startup_timeout:.0f}s; "
+                              f"see {self.log_path or 'its output'}")
 
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds; returns the exit code."""
@@ -304,22 +315,13 @@ def run_config(cfg, model: str, *, log=print) -> int:
     previous = {s: _signal.signal(s, on_signal) for s in (_signal.SIGINT, _signal.SIGTERM)}
     try:
         server.start()
-        deadline = time.monotonic() + server.startup_timeout
-        import httpx
-
-        while not stop["requested"]:
-            if server.proc.poll() is not None:
-                log(f"qwen3vl-vllm serve: vLLM exited during start-up (rc={server.proc.returncode})")
-                return 1
-            try:
-                if httpx.get(server.url + "/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                log("qwen3vl-vllm serve: not healthy in time; stopping")
-                return 1
-            time.sleep(0.5)
+        state = server.poll_healthy(stop=lambda: stop["requested"])
+        if state == "exited":
+            log(f"qwen3vl-vllm serve: vLLM exited during start-up (rc={server.proc.returncode})")
+            return 1
+        if state == "timeout":
+            log("qwen3vl-vllm serve: not healthy in time; stopping")
+            return 1
         if not stop["requested"]:
             log(f"qwen3vl-vllm serve: listening on {server.url} (OpenAI API at {server.base_url}, "
                 f"model {model})")

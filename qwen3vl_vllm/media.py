@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MediaError
-from .inputs import FRAME_LIST_FPS, IMAGE_FACTOR
+from .inputs import DEFAULT_SETTINGS, FRAME_LIST_FPS, IMAGE_FACTOR
 
 MAX_RATIO = 200
 FRAME_FACTOR = 2
@@ -337,7 +337,9 @@ def _count_frames(data: bytes, where: str) -> tuple[int, float, int]:
         raise
     except Exception as e:  # noqa: BLE001 - PyAV raises many error types
         raise _video_error(where, e) from None
-    return total, (float(rate) if rate else FRAME_LIST_FPS), frame_bytes
+    # a stream without a frame rate: count frames as if at the reference's sampling fps, so
+    # smart_nframes samples one frame per frame
+    return total, (float(rate) if rate else DEFAULT_SETTINGS.fps), frame_bytes
 
 
 def _decode_indices(data: bytes, keep: set[int], where: str) -> tuple[dict[int, Any], int]:
@@ -455,7 +457,7 @@ def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_
         clip = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
         return clip.float(), dict(metadata)
     if isinstance(video, (str, os.PathLike)):
-        clip, metadata, _ = read_video_file(video, where, fps=part.get("fps", FRAME_LIST_FPS),
+        clip, metadata, _ = read_video_file(video, where, fps=part.get("fps", DEFAULT_SETTINGS.fps),
                                             max_frames=part.get("max_frames"), policy=policy)
     else:
         if hasattr(video, "ndim"):

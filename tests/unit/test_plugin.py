@@ -135,13 +135,14 @@ def test_embedding_template_renders_reference_prompt():
 def test_reranker_template_renders_reference_prompt():
     import jinja2
 
-    from qwen3vl_vllm.inputs import RERANK_PROMPT_TAIL, render_parts, rerank_prompt_head
-
     tpl = jinja2.Environment().from_string(open(plugin.chat_template_path("reranker")).read())
     msgs = [{"role": "query", "content": "a cat"},
             {"role": "document", "content": "<|vision_start|><|image_pad|><|vision_end|>x"}]
-    expected = (rerank_prompt_head("Find pets", [{"type": "text", "text": "a cat"}])
-                + render_parts([{"type": "image"}, {"type": "text", "text": "x"}]) + RERANK_PROMPT_TAIL)
+    expected = (  # SPEC §2, written out
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+        'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+        "<|im_start|>user\n<Instruct>: Find pets<Query>:a cat\n<Document>:"
+        "<|vision_start|><|image_pad|><|vision_end|>x<|im_end|>\n<|im_start|>assistant\n")
     assert tpl.render(messages=msgs, instruction="Find pets") == expected
     assert "<Instruct>: Given a search query" in tpl.render(messages=msgs)
     empty = tpl.render(messages=[{"role": "query", "content": "q"}, {"role": "document", "content": ""}])
