@@ -30,8 +30,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
-from . import inputs as I
-from . import media as M
+from .media import (DEFAULT_POLICY, MediaPolicy, check_video_bytes, encode_png, fetch_image,
+                    load_image, png_data_url, smart_resize, source_bytes)
+from .inputs import DEFAULT_SETTINGS, MediaSettings, embedding_conversation
 from .errors import (APIConnectionError, APIError, APITimeoutError, InputError, MediaError,
                      ServiceUnavailableError, error_for_status)
 
@@ -50,25 +51,25 @@ def _setting(value: Any, env: str, default: Any, cast=str):
 # ------------------------------------------------------------------ message building (pure + media)
 
 
-def _frame_list_url(frames: list, where: str, policy: M.MediaPolicy) -> str:
+def _frame_list_url(frames: list, where: str, policy: MediaPolicy) -> str:
     """A frame list (already reduced to ``max_frames`` by ``inputs``) as its original frames,
     converted to RGB by the reference's rule and sent as lossless PNGs. The server's media
     connector then resizes each frame and the clip exactly as the reference does (pre-resized
     frames would be resized a second time there)."""
     encoded = []
     for k, frame in enumerate(frames):
-        image = M.load_image(frame, f"{where}.frames[{k}]", policy)
-        encoded.append(base64.b64encode(M.encode_png(image)).decode("ascii"))
+        image = load_image(frame, f"{where}.frames[{k}]", policy)
+        encoded.append(base64.b64encode(encode_png(image)).decode("ascii"))
     # "data:video/jpeg;base64,<f1>,<f2>,..." is vLLM's frame-list form; PNG payloads decode too
     # (lossless): the media type only selects the frame-list reader.
     return "data:video/jpeg;base64," + ",".join(encoded)
 
 
-def _video_file_url(part: dict, where: str, policy: M.MediaPolicy) -> str:
+def _video_file_url(part: dict, where: str, policy: MediaPolicy) -> str:
     """A video file travels as itself; the server's ``qwen3vl`` loader samples it like the
     reference, with the item's fps/max_frames carried as data-URL parameters."""
-    data = M.source_bytes(part["video"], where, policy)
-    M.check_video_bytes(data, where)
+    data = source_bytes(part["video"], where, policy)
+    check_video_bytes(data, where)
     name = str(part["video"]).split("?", 1)[0].lower()
     ext = name.rsplit(".", 1)[-1] if "." in name[-6:] else "mp4"
     mime = {"mkv": "video/x-matroska", "mov": "video/quicktime", "avi": "video/x-msvideo"}.get(
@@ -77,7 +78,7 @@ def _video_file_url(part: dict, where: str, policy: M.MediaPolicy) -> str:
     return f"data:{mime}{params};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _image_url(part: dict, where: str, policy: M.MediaPolicy) -> str:
+def _image_url(part: dict, where: str, policy: MediaPolicy) -> str:
     """An image as a data URL the server prepares exactly as the reference does.
 
     Encoded sources (path, ``file://``, URL, data URL, bytes) travel as their original bytes:
@@ -93,11 +94,11 @@ def _image_url(part: dict, where: str, policy: M.MediaPolicy) -> str:
 
     src = part["image"]
     if isinstance(src, Image.Image) or (hasattr(src, "ndim") and hasattr(src, "dtype")):
-        return M.png_data_url(M.fetch_image(part, where, policy))
-    data = M.source_bytes(src, where, policy)
-    image = M.load_image(data, where, policy)  # full decode: corrupt or truncated files fail here
+        return png_data_url(fetch_image(part, where, policy))
+    data = source_bytes(src, where, policy)
+    image = load_image(data, where, policy)  # full decode: corrupt or truncated files fail here
     try:
-        M.smart_resize(image.height, image.width, min_pixels=part["min_pixels"],
+        smart_resize(image.height, image.width, min_pixels=part["min_pixels"],
                        max_pixels=part["max_pixels"])
     except ValueError as e:
         raise MediaError(where, str(e), "Crop or pad the image to a less extreme shape") from None
@@ -106,8 +107,8 @@ def _image_url(part: dict, where: str, policy: M.MediaPolicy) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
-                 settings: I.MediaSettings = I.DEFAULT_SETTINGS) -> list[dict]:
+def openai_parts(parts: list[dict], where: str, policy: MediaPolicy,
+                 settings: MediaSettings = DEFAULT_SETTINGS) -> list[dict]:
     """Content parts -> OpenAI chat content that the server turns into the reference's pixels.
 
     Encoded images travel as their original bytes, in-memory ones resized as PNG (see
@@ -138,12 +139,12 @@ def openai_parts(parts: list[dict], where: str, policy: M.MediaPolicy,
 
 
 def embedding_messages(item: Mapping[str, Any], *, index: int, instruction: str | None = None,
-                       settings: I.MediaSettings = I.DEFAULT_SETTINGS,
-                       policy: M.MediaPolicy = M.DEFAULT_POLICY) -> list[dict]:
+                       settings: MediaSettings = DEFAULT_SETTINGS,
+                       policy: MediaPolicy = DEFAULT_POLICY) -> list[dict]:
     """One input dict -> the chat messages for ``/v1/embeddings`` (reference prompt)."""
     if instruction is not None and isinstance(item, Mapping) and "instruction" not in item:
         item = {**item, "instruction": instruction}
-    conv = I.embedding_conversation(item, index=index, settings=settings)
+    conv = embedding_conversation(item, index=index, settings=settings)
     return [
         {"role": "system", "content": conv[0]["content"][0]["text"]},
         {"role": "user", "content": openai_parts(conv[1]["content"], f"inputs[{index}]", policy,
@@ -253,8 +254,8 @@ class _Base:
     def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
                  model: str | None = None, timeout: float | None = None,
                  max_retries: int | None = None, max_concurrency: int | None = None,
-                 http_client: Any = None, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
-                 policy: M.MediaPolicy = M.DEFAULT_POLICY, backoff: float | None = None,
+                 http_client: Any = None, settings: MediaSettings = DEFAULT_SETTINGS,
+                 policy: MediaPolicy = DEFAULT_POLICY, backoff: float | None = None,
                  backoff_max: float | None = None):
         import openai
 
@@ -344,8 +345,8 @@ class _AsyncClient(_Base):
 
 
 def embedding_body(item: Mapping[str, Any], *, index: int, model: str, instruction: str | None,
-                   dimensions: int | None, encoding_format: str, settings: I.MediaSettings,
-                   policy: M.MediaPolicy) -> dict:
+                   dimensions: int | None, encoding_format: str, settings: MediaSettings,
+                   policy: MediaPolicy) -> dict:
     """The ``/v1/embeddings`` request body for one input dict."""
     body = {
         "model": model,

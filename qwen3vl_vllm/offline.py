@@ -23,9 +23,11 @@ import os
 
 from typing import Any, Mapping, Sequence
 
+from .media import DEFAULT_POLICY, MediaPolicy, fetch_image, fetch_video, vllm_video_metadata
+from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, MediaSettings, RERANK_MAX_LENGTH,
+                     RERANK_SUFFIX_TOKENS, embedding_conversation, rerank_conversation,
+                     rerank_request, truncate_pair_tokens)
 from . import exitguard
-from . import inputs as I
-from . import media as M
 from .errors import InputError
 from .settings import chat_template_path, effective_engine_kwargs, image_tokens
 
@@ -39,7 +41,7 @@ PROGRESS_THRESHOLD = 64
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
-def _engine_kwargs(kind: str, user: dict, settings: I.MediaSettings = I.DEFAULT_SETTINGS) -> dict:
+def _engine_kwargs(kind: str, user: dict, settings: MediaSettings = DEFAULT_SETTINGS) -> dict:
     """``vllm.LLM`` keyword arguments: the package's engine settings merged with the user's
     (``settings.effective_engine_kwargs``, the rule the plugin applies to ``vllm serve``)."""
     from vllm.config import PoolerConfig
@@ -53,8 +55,8 @@ def _engine_kwargs(kind: str, user: dict, settings: I.MediaSettings = I.DEFAULT_
 class _Engine:
     kind = ""
 
-    def __init__(self, model_name_or_path: str, *, settings: I.MediaSettings = I.DEFAULT_SETTINGS,
-                 policy: M.MediaPolicy = M.DEFAULT_POLICY, **engine_kwargs: Any):
+    def __init__(self, model_name_or_path: str, *, settings: MediaSettings = DEFAULT_SETTINGS,
+                 policy: MediaPolicy = DEFAULT_POLICY, **engine_kwargs: Any):
         from vllm import LLM
 
         exitguard.install()
@@ -75,11 +77,11 @@ class _Engine:
         n_img = n_vid = 0
         for part in parts:
             if part["type"] == "image":
-                images.append(M.fetch_image(part, f"{where}.image[{n_img}]", self.policy))
+                images.append(fetch_image(part, f"{where}.image[{n_img}]", self.policy))
                 n_img += 1
             elif part["type"] == "video":
-                clip, meta = M.fetch_video(part, f"{where}.video[{n_vid}]", self.policy)
-                videos.append((clip.permute(0, 2, 3, 1).numpy(), M.vllm_video_metadata(meta)))
+                clip, meta = fetch_video(part, f"{where}.video[{n_vid}]", self.policy)
+                videos.append((clip.permute(0, 2, 3, 1).numpy(), vllm_video_metadata(meta)))
                 n_vid += 1
         data = {}
         if images:
@@ -106,7 +108,7 @@ class _Engine:
         n += sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
         for frames, _ in data.get("video", []):  # pads only: a lower bound
             t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
-            n += (t // 2) * (h // I.IMAGE_FACTOR) * (w // I.IMAGE_FACTOR)
+            n += (t // 2) * (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
         if n > limit:
             raise InputError(where, f"the input is {n} tokens, longer than max_model_len={limit}",
                              "Shorten the text or send smaller/fewer images or frames")
@@ -144,7 +146,7 @@ class Qwen3VLEmbedder(_Engine):
                              "Wrap it in a list: [item]")
         out = []
         for i, item in enumerate(inputs):
-            conv = I.embedding_conversation(item, index=i, settings=self.settings)
+            conv = embedding_conversation(item, index=i, settings=self.settings)
             out.append(self._prompt(conv, conv[1]["content"], f"inputs[{i}]"))
         return out
 
@@ -183,18 +185,18 @@ class Qwen3VLReranker(_Engine):
 
     kind = "reranker"
 
-    def __init__(self, model_name_or_path: str, *, max_length: int = I.RERANK_MAX_LENGTH,
+    def __init__(self, model_name_or_path: str, *, max_length: int = RERANK_MAX_LENGTH,
                  **kwargs: Any):
-        kwargs.setdefault("max_model_len", max_length + I.RERANK_SUFFIX_TOKENS)
+        kwargs.setdefault("max_model_len", max_length + RERANK_SUFFIX_TOKENS)
         self.max_length = max_length
         super().__init__(model_name_or_path, **kwargs)
 
     def pair_prompts(self, inputs: Mapping[str, Any]) -> list[dict]:
-        req = I.rerank_request(inputs, settings=self.settings)
+        req = rerank_request(inputs, settings=self.settings)
         query_data, _ = self._multimodal(req.query, "query")  # once, not once per document
         out = []
         for i, doc in enumerate(req.documents):
-            conv = I.rerank_conversation(req.instruction, req.query, doc)
+            conv = rerank_conversation(req.instruction, req.query, doc)
             doc_data, _ = self._multimodal(doc, f"documents[{i}]")
             # the prompt holds the query's media before the document's, per modality
             data = {k: query_data.get(k, []) + doc_data.get(k, [])
@@ -209,13 +211,13 @@ class Qwen3VLReranker(_Engine):
         # media pads the engine will add: one token per 32x32 pixels of each resized image
         extra = sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
         prompt: dict = {"prompt": chat}
-        if len(ids) + extra - I.RERANK_SUFFIX_TOKENS > self.max_length:
+        if len(ids) + extra - RERANK_SUFFIX_TOKENS > self.max_length:
             if data.get("video"):
                 raise InputError(where, f"the pair is longer than max_length={self.max_length} "
                                  "tokens and contains a video; truncation with videos is not "
                                  "supported", "Shorten the texts or use fewer frames")
             special = set(self.tokenizer.all_special_ids)
-            prompt = {"prompt_token_ids": I.truncate_pair_tokens(ids, special, self.max_length,
+            prompt = {"prompt_token_ids": truncate_pair_tokens(ids, special, self.max_length,
                                                                  extra_special=extra)}
         if data:
             prompt["multi_modal_data"] = data

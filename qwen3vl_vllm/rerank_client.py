@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from . import inputs as I
+from .inputs import rerank_request
 from .client import _AsyncClient, _Client, openai_parts
 from .errors import InputError
 
@@ -44,7 +44,7 @@ def _prepared(client, query, documents, instruction, top_n, fps, max_frames):
         raw["fps"] = fps
     if max_frames is not None:
         raw["max_frames"] = max_frames
-    req = I.rerank_request(raw, settings=client._s.settings)
+    req = rerank_request(raw, settings=client._s.settings)
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)
                               or not 1 <= top_n <= len(req.documents)):
         raise InputError("top_n", f"must be between 1 and {len(req.documents)} (the number of "

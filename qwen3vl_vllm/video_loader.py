@@ -18,7 +18,7 @@ from typing import Any
 
 from vllm.multimodal.video import VideoLoader
 
-from . import media as M
+from .media import DEFAULT_TOTAL_PIXELS, _resize_clip, read_video_file, vllm_video_metadata
 from .inputs import DEFAULT_SETTINGS
 
 NAME = "qwen3vl"
@@ -31,12 +31,12 @@ def load_video_file(data: bytes, *, fps: float, max_frames: int):
     float output of its clip resize, and rounding would move the vector. Frames already at their
     final size stay uint8 (the same values, a quarter of the memory).
     """
-    clip, meta, _ = M.read_video_file(data, "video", fps=fps, max_frames=max_frames)
-    resized = M._resize_clip(clip, total_pixels=M.DEFAULT_TOTAL_PIXELS)
+    clip, meta, _ = read_video_file(data, "video", fps=fps, max_frames=max_frames)
+    resized = _resize_clip(clip, total_pixels=DEFAULT_TOTAL_PIXELS)
     if resized.shape != clip.shape:
         clip = resized
     meta = {**meta, "video_backend": NAME}
-    return clip.permute(0, 2, 3, 1).contiguous().numpy(), M.vllm_video_metadata(meta)
+    return clip.permute(0, 2, 3, 1).contiguous().numpy(), vllm_video_metadata(meta)
 
 
 class Qwen3VLVideoLoader(VideoLoader):
