@@ -96,28 +96,28 @@ def reranker_server(reranker_ckpt):
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
+def _run_worker(script: str, ckpt, tmp: Path, out: Path) -> None:
+    """Run an offline worker (tests/integration/*_worker.py); it writes ``out`` before exiting,
+    through the exit guard, so its own exit code must be 0 too."""
+    proc = subprocess.run([sys.executable, str(INTEGRATION / script), str(ckpt), str(out),
+                           str(tmp / "media")], capture_output=True, text=True, timeout=900)
+    assert out.exists(), f"{script} wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 @pytest.fixture(scope="session")
 def offline_results(embedding_ckpt, tmp_path_factory):
     import numpy as np
 
     tmp = tmp_path_factory.mktemp("offline")
     out = tmp / "results.npz"
-    proc = subprocess.run([sys.executable, str(INTEGRATION / "offline_worker.py"), str(embedding_ckpt),
-                           str(out), str(tmp / "media")], capture_output=True, text=True, timeout=900)
-    assert out.exists(), f"offline worker wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
-    # The worker exits through the exit guard: its own exit code must be 0 too.
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = dict(np.load(out))
-    errors = json.loads(out.with_suffix(".json").read_text())
-    return data, errors, tmp / "media"
+    _run_worker("offline_worker.py", embedding_ckpt, tmp, out)
+    return dict(np.load(out)), json.loads(out.with_suffix(".json").read_text()), tmp / "media"
 
 
 @pytest.fixture(scope="session")
 def offline_rerank(reranker_ckpt, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("offline-rerank")
     out = tmp / "results.json"
-    proc = subprocess.run([sys.executable, str(INTEGRATION / "offline_rerank_worker.py"), str(reranker_ckpt),
-                           str(out), str(tmp / "media")], capture_output=True, text=True, timeout=900)
-    assert out.exists(), f"worker wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_worker("offline_rerank_worker.py", reranker_ckpt, tmp, out)
     return json.loads(out.read_text()), tmp / "media"
