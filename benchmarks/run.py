@@ -75,9 +75,9 @@ def plain_args(kind: str, ckpt: str, port: int) -> list[str]:
 
 
 def embedding_bodies(items: list, model: str) -> list[dict]:
-    from qwen3vl_vllm.client import embedding_body
+    from qwen3vl_vllm.messages import embedding_body
     from qwen3vl_vllm.inputs import DEFAULT_SETTINGS
-    from qwen3vl_vllm.media import DEFAULT_POLICY
+    from qwen3vl_vllm.sources import DEFAULT_POLICY
 
     return [embedding_body(it, index=i, model=model, instruction=None, dimensions=None,
                            encoding_format="base64", settings=DEFAULT_SETTINGS, policy=DEFAULT_POLICY)

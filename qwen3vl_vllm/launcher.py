@@ -54,7 +54,7 @@ def serve_command(model: str | None, *, host: str = "127.0.0.1", port: int | Non
     return cmd + list(extra_args)
 
 
-class ServerError(RuntimeError):
+class ServerStartError(RuntimeError):
     pass
 
 
@@ -257,10 +257,10 @@ class ServerProcess:
     def wait_healthy(self, timeout: float | None = None) -> None:
         state = self.poll_healthy(timeout)
         if state == "exited":
-            raise ServerError(f"vLLM server exited early (rc={self.proc.returncode if self.proc else None});"
+            raise ServerStartError(f"vLLM server exited early (rc={self.proc.returncode if self.proc else None});"
                               f" see {self.log_path or 'its output'}")
         if state != "healthy":
-            raise ServerError(f"vLLM server not healthy after {timeout or self.startup_timeout:.0f}s; "
+            raise ServerStartError(f"vLLM server not healthy after {timeout or self.startup_timeout:.0f}s; "
                               f"see {self.log_path or 'its output'}")
 
     def stop(self, grace: float = 20.0) -> int | None:

@@ -23,7 +23,8 @@ import os
 
 from typing import Any, Mapping, Sequence
 
-from .media import DEFAULT_POLICY, MediaPolicy, fetch_image, fetch_video, vllm_video_metadata
+from .media import fetch_image, fetch_video, vllm_video_metadata
+from .sources import DEFAULT_POLICY, MediaPolicy
 from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, MediaSettings, RERANK_MAX_LENGTH,
                      RERANK_SUFFIX_TOKENS, embedding_conversation, rerank_conversation,
                      rerank_request, truncate_pair_tokens)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .inputs import rerank_request
-from .client import _AsyncClient, _Client, openai_parts
+from .client import _AsyncClient, _Client
+from .messages import openai_parts
 from .errors import InputError
 
 

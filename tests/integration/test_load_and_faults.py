@@ -39,9 +39,9 @@ def _percentile(values, q):
 
 
 def test_load_64_concurrent_clients(embedding_server, reference_embedder):
-    from qwen3vl_vllm.client import embedding_body
+    from qwen3vl_vllm.messages import embedding_body
     from qwen3vl_vllm.inputs import DEFAULT_SETTINGS
-    from qwen3vl_vllm.media import DEFAULT_POLICY
+    from qwen3vl_vllm.sources import DEFAULT_POLICY
 
     pool = _pool()
     expected = reference_embedder.process(pool)
