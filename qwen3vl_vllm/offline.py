@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 from .media import fetch_image, fetch_video, vllm_video_metadata
 from .sources import DEFAULT_POLICY, MediaPolicy
 from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, MediaSettings, RERANK_MAX_LENGTH,
-                     RERANK_SUFFIX_TOKENS, embedding_conversation, rerank_conversation,
-                     rerank_request, truncate_pair_tokens)
+                     embedding_conversation, rerank_conversation, rerank_request)
+from .truncation import RERANK_SUFFIX_TOKENS, truncate_pair_tokens
 from . import exitguard
 from .errors import InputError
-from .settings import chat_template_path, effective_engine_kwargs, image_tokens
+from .settings import chat_template_text, effective_engine_kwargs, image_tokens
 
 exitguard.record_exit_codes()  # before a script's `sys.exit(main())` looks sys.exit up
 
@@ -69,8 +69,7 @@ class _Engine:
         self.llm = LLM(model=model_name_or_path,
                        **_engine_kwargs(self.kind, dict(engine_kwargs), settings))
         self.tokenizer = self.llm.get_tokenizer()
-        with open(chat_template_path(self.kind)) as f:
-            self.template = f.read()
+        self.template = chat_template_text(self.kind)
 
     # -- media -> vLLM multi_modal_data
     def _multimodal(self, parts: list[dict], where: str) -> tuple[dict, int]:

@@ -7,7 +7,7 @@ the first plain tokens that still fit, then re-appends the suffix (upstream ``to
 the reference's score. vLLM has no extension point for this, so ``patch()`` wraps
 ``CrossEncoderIOProcessor.get_score_prompt``: the one place where vLLM holds the pair's token
 ids and its loaded media, before anything checks the length. It cuts the ids with
-``inputs.truncate_pair_tokens``, the rule the offline API uses too (the reference has its own
+``truncation.truncate_pair_tokens``, the rule the offline API uses too (the reference has its own
 copy, written separately, which the parity tests compare against).
 
 - Only checkpoints the plugin detects as rerankers are touched; other models are unchanged.
@@ -29,9 +29,9 @@ import logging
 from typing import Any
 
 from .detect import detect_kind
-from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, NULL_TEXT, RERANK_MAX_LENGTH,
-                     RERANK_SUFFIX_TOKENS, truncate_pair_tokens)
+from .inputs import DEFAULT_SETTINGS, IMAGE_FACTOR, NULL_TEXT, RERANK_MAX_LENGTH
 from .media import smart_resize
+from .truncation import RERANK_SUFFIX_TOKENS, truncate_pair_tokens
 from .settings import image_tokens
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")

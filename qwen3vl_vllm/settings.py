@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .inputs import (DEFAULT_SETTINGS, EMBED_MAX_LENGTH, IMAGE_FACTOR, RERANK_MAX_MODEL_LEN,
-                     MediaSettings)
+from .inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, IMAGE_FACTOR, MediaSettings
+from .truncation import RERANK_MAX_MODEL_LEN
 
 KINDS = ("embedding", "reranker")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -45,9 +45,36 @@ ENGINE_FIELDS = ("runner", "convert", "pooler_config", "hf_overrides", "mm_proce
                  "media_io_kwargs", "limit_mm_per_prompt", "max_model_len", "max_num_batched_tokens")
 
 
+def chat_template_text(kind: str) -> str:
+    """The chat template of a kind (the embedding prompt, or the reranker's score prompt), with
+    the prompt strings filled in from ``inputs``, where they are written once."""
+    import json
+
+    from . import inputs
+
+    name = "embedding.jinja" if kind == "embedding" else "reranker.jinja"
+    text = (TEMPLATES / name).read_text()
+    for marker in ("DEFAULT_EMBED_INSTRUCTION", "DEFAULT_RERANK_INSTRUCTION", "RERANK_SYSTEM_PROMPT"):
+        text = text.replace(f"@{marker}@", json.dumps(getattr(inputs, marker)))  # a Jinja string
+    return text
+
+
 def chat_template_path(kind: str) -> str:
-    """The packaged template: the embedding prompt, or the reranker's score prompt."""
-    return str(TEMPLATES / ("embedding.jinja" if kind == "embedding" else "reranker.jinja"))
+    """A file holding ``chat_template_text(kind)`` (for ``--chat-template``), written once per
+    content under the temp folder; the name carries the content's hash."""
+    import hashlib
+    import os
+    import tempfile
+
+    text = chat_template_text(kind)
+    folder = Path(tempfile.gettempdir()) / "qwen3vl_vllm-templates"
+    path = folder / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jinja"
+    if not path.is_file() or path.read_text() != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # atomic: concurrent writers leave one whole file
+    return str(path)
 
 
 def mm_processor_kwargs(settings: MediaSettings = DEFAULT_SETTINGS) -> dict:

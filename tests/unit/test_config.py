@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from qwen3vl_vllm.config import ConfigError, load_config
+from qwen3vl_vllm.settings import chat_template_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -58,11 +59,11 @@ def test_dry_run_flags(config):
     hf = json.loads(flags["--hf-overrides"][0])
     if embedding:
         assert hf == {"is_matryoshka": True}
-        assert flags["--chat-template"][0].endswith("templates/embedding.jinja")
+        assert open(flags["--chat-template"][0]).read() == chat_template_text("embedding")
     else:
         assert hf["architectures"] == ["Qwen3VLForSequenceClassification"]
         assert hf["classifier_from_token"] == ["no", "yes"] and hf["is_original_qwen3_reranker"] is True
-        assert flags["--chat-template"][0].endswith("templates/reranker.jinja")
+        assert open(flags["--chat-template"][0]).read() == chat_template_text("reranker")
     assert Path(flags["--chat-template"][0]).is_file()
     mm = json.loads(flags["--mm-processor-kwargs"][0])
     assert mm == {"images_kwargs": {"min_pixels": cfg["media"]["min_pixels"],

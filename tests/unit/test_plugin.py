@@ -75,7 +75,8 @@ def test_serve_defaults_template():
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None, chat_template=None,
                                middleware=[])
     assert plugin.apply_serve_defaults(ns) == "reranker"
-    assert ns.chat_template.endswith("reranker.jinja")
+    assert open(ns.chat_template).read() == settings.chat_template_text("reranker")
+    assert "Given a search query" in settings.chat_template_text("reranker")  # markers filled
     assert ns.middleware == list(plugin.MIDDLEWARES)
     plugin.apply_serve_defaults(ns)
     assert ns.middleware == list(plugin.MIDDLEWARES)  # idempotent

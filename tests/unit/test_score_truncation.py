@@ -7,7 +7,7 @@ import types
 import pytest
 
 from qwen3vl_vllm import score_truncation as st
-from qwen3vl_vllm.inputs import RERANK_SUFFIX_TOKENS
+from qwen3vl_vllm.truncation import RERANK_SUFFIX_TOKENS
 
 SPECIAL = {900, 901, 902}  # 900 = an image pad, 901/902 other specials
 PIX = dict(min_pixels=4096, max_pixels=1843200)
