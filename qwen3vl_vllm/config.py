@@ -24,6 +24,7 @@ from typing import Any
 
 from .inputs import DEFAULT_SETTINGS
 from .server_policy import DEFAULT_MAX_BODY_BYTES
+from .settings import KEEP_ALIVE_S
 
 
 class ConfigError(ValueError):
@@ -36,7 +37,7 @@ class ServerConfig:
     port: int = 8000
     api_key_env: str = "QWEN3VL_API_KEY"
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
-    keep_alive_s: int = 75  # idle keep-alive; must outlive client pools (httpx/openai: 5 s)
+    keep_alive_s: int = KEEP_ALIVE_S  # idle keep-alive; must outlive client pools (see settings)
     # pass `input` strings and token ids through untemplated (callers who build the reference
     # prompt themselves); per request: "raw_prompt": true
     raw_prompts: bool = False

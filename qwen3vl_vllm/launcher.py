@@ -60,7 +60,8 @@ class ServerStartError(RuntimeError):
 
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
 from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV  # noqa: E402  (light: no vLLM import)
-from .settings import MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
+from .server_policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
+from .settings import KEEP_ALIVE_ENV, MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
 
 
 def resolve_model(model: str, *, build: bool, root: str | os.PathLike = ".cache") -> str:
@@ -170,8 +171,8 @@ def server_env(cfg, base: dict | None = None) -> dict:
         env["VLLM_API_KEY"] = key
     else:
         env.pop("VLLM_API_KEY", None)
-    env["QWEN3VL_MAX_BODY_BYTES"] = str(cfg.server.max_request_bytes)
-    env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(cfg.server.keep_alive_s)
+    env[MAX_BODY_ENV] = str(cfg.server.max_request_bytes)
+    env[KEEP_ALIVE_ENV] = str(cfg.server.keep_alive_s)
     if cfg.instructions:
         env[INSTRUCTIONS_ENV] = json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)
     if cfg.server.raw_prompts:
@@ -187,8 +188,8 @@ def dry_run_command(cfg, model: str) -> str:
     env = []
     if os.environ.get(cfg.server.api_key_env):
         env.append(f'VLLM_API_KEY="${cfg.server.api_key_env}"')
-    env += [f"QWEN3VL_MAX_BODY_BYTES={cfg.server.max_request_bytes}",
-            f"VLLM_HTTP_TIMEOUT_KEEP_ALIVE={cfg.server.keep_alive_s}"]
+    env += [f"{MAX_BODY_ENV}={cfg.server.max_request_bytes}",
+            f"{KEEP_ALIVE_ENV}={cfg.server.keep_alive_s}"]
     if cfg.instructions:
         env.append(f"{INSTRUCTIONS_ENV}=" + shlex.quote(
             json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)))
