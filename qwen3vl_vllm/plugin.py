@@ -33,7 +33,7 @@ from typing import Any
 from .detect import detect_kind
 from .server_policy import MAX_BODY_ENV, max_body_bytes
 from .settings import (KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES,
-                       chat_template_path, effective_engine_kwargs)
+                       chat_template_text, effective_engine_kwargs)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
@@ -87,8 +87,9 @@ def apply_serve_defaults(args: Any) -> str | None:
     if kind is None:
         return None
     if getattr(args, "chat_template", None) is None:
-        args.chat_template = chat_template_path(kind)
-        logger.info("qwen3vl-vllm: %s checkpoint: chat template %s", kind, args.chat_template)
+        # the template text itself (vLLM takes a literal template): no file to write or find
+        args.chat_template = chat_template_text(kind)
+        logger.info("qwen3vl-vllm: %s checkpoint: the package's %s chat template", kind, kind)
     middleware = list(getattr(args, "middleware", None) or [])
     missing = [m for m in MIDDLEWARES if m not in middleware]
     if missing:

@@ -75,7 +75,7 @@ def test_serve_defaults_template():
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None, chat_template=None,
                                middleware=[])
     assert plugin.apply_serve_defaults(ns) == "reranker"
-    assert open(ns.chat_template).read() == settings.chat_template_text("reranker")
+    assert ns.chat_template == settings.chat_template_text("reranker")
     assert "Given a search query" in settings.chat_template_text("reranker")  # markers filled
     assert ns.middleware == list(plugin.MIDDLEWARES)
     plugin.apply_serve_defaults(ns)
@@ -125,7 +125,7 @@ def test_serve_selects_reference_media_connector(monkeypatch):
 def test_embedding_template_renders_reference_prompt():
     import jinja2
 
-    tpl = jinja2.Environment().from_string(open(plugin.chat_template_path("embedding")).read())
+    tpl = jinja2.Environment().from_string(settings.chat_template_text("embedding"))
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
                                           {"type": "text", "text": "a cat"}]}]
     assert tpl.render(messages=msgs) == (
@@ -136,7 +136,7 @@ def test_embedding_template_renders_reference_prompt():
 def test_reranker_template_renders_reference_prompt():
     import jinja2
 
-    tpl = jinja2.Environment().from_string(open(plugin.chat_template_path("reranker")).read())
+    tpl = jinja2.Environment().from_string(settings.chat_template_text("reranker"))
     msgs = [{"role": "query", "content": "a cat"},
             {"role": "document", "content": "<|vision_start|><|image_pad|><|vision_end|>x"}]
     expected = (  # SPEC §2, written out
