@@ -34,6 +34,7 @@ Example (any OpenAI-compatible library)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -57,15 +58,21 @@ TOKEN_IDS_MESSAGE = (
 
 
 def named_instructions(environ: Any = None) -> dict[str, str]:
-    """``QWEN3VL_INSTRUCTIONS`` as a dict (empty when unset)."""
-    raw = (environ if environ is not None else os.environ).get(INSTRUCTIONS_ENV, "")
+    """``QWEN3VL_INSTRUCTIONS`` as a dict (empty when unset); parsed once per value, not per
+    request."""
+    return dict(_parse_instructions((environ if environ is not None else os.environ)
+                                    .get(INSTRUCTIONS_ENV, "")))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_instructions(raw: str) -> tuple[tuple[str, str], ...]:
     if not raw.strip():
-        return {}
+        return ()
     data = json.loads(raw)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in data.items()):
         raise ValueError(f"{INSTRUCTIONS_ENV} must be a JSON object of name -> instruction text")
-    return data
+    return tuple(data.items())
 
 
 def resolve_instruction(instruction: Any = None, input_type: str | None = None) -> str | None:
