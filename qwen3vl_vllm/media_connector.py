@@ -179,8 +179,10 @@ class ReferenceVideoIO(MediaIO):
         with _tagged(data):
             base, params = _params(media_type, "video")
             if base in FRAME_LIST_TYPES:
-                frames = [_open_image(_b64decode(p), f"video.frames[{k}]")
-                          for k, p in enumerate(data.split(","))]
+                # sample first, as upstream does: frames it would not keep are never decoded
+                payloads = data.split(",")
+                keep = sample_frame_list(list(range(len(payloads))), self.frame_list_max_frames)
+                frames = [_open_image(_b64decode(payloads[k]), f"video.frames[{k}]") for k in keep]
                 video = frame_list_video(frames, max_frames=self.frame_list_max_frames,
                                          total_pixels=self.total_pixels)
                 return MediaWithBytes(video, data.encode())
