@@ -88,8 +88,13 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY):
-    """Any supported image source -> a fully decoded RGB ``PIL.Image``."""
+def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,
+               opener=None):
+    """Any supported image source -> a fully decoded RGB ``PIL.Image``.
+
+    ``opener`` (file object -> unloaded ``PIL.Image``) replaces ``PIL.Image.open`` for encoded
+    bytes; the server's media connector passes vLLM's format allow-list and pixel cap.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(src, Image.Image):
@@ -105,8 +110,10 @@ def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POL
         if not data:
             raise MediaError(where, "image data is empty (0 bytes)", FORMAT_HINT)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = (opener or Image.open)(io.BytesIO(data))
             image.load()
+        except MediaError:
+            raise
         except Image.DecompressionBombError as e:
             raise MediaError(where, f"image refused as a decompression bomb ({e})",
                              "Send a smaller image") from None
@@ -358,12 +365,6 @@ def encode_png(image) -> bytes:
 def png_data_url(image) -> str:
     """A lossless data URL for an RGB image."""
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
-
-
-def frames_to_uint8(clip):
-    """(T, C, H, W) float clip -> list of uint8 HxWx3 arrays (rounded, clamped)."""
-    arr = clip.round().clamp(0, 255).to(dtype=__import__("torch").uint8).permute(0, 2, 3, 1).numpy()
-    return list(arr)
 
 
 __all__ = ["smart_resize", "load_image", "fetch_image", "fetch_video", "read_video_file",

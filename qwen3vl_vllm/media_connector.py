@@ -36,7 +36,6 @@ Example (what any HTTP client can now send)::
 from __future__ import annotations
 
 import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -56,32 +55,24 @@ FRAME_LIST_TYPES = ("video/jpeg", "video/png")
 URL_PARAMS = {"fps": (float, 1e-6), "max_frames": (int, 2)}
 
 
-def _open_image(data: bytes, where: str):
-    """Decode with vLLM's format allow-list and pixel cap, then the reference's RGB rule."""
-    from PIL import Image
+def _vllm_open(fp):
+    """``PIL.Image.open`` with vLLM's format allow-list and pixel cap (no EXIF rotation)."""
     from vllm import envs
     from vllm.multimodal.image import open_image
 
-    if not data:
-        raise MediaError(where, "image data is empty (0 bytes)", media.FORMAT_HINT)
-    try:
-        image = open_image(io.BytesIO(data))
-        w, h = image.size
-        cap = envs.VLLM_MAX_IMAGE_PIXELS
-        if cap > 0 and w * h > cap:
-            raise MediaError(where, f"image is {w}x{h} ({w * h} pixels), above this server's "
-                             f"limit of {cap}", "Send a smaller image, or raise VLLM_MAX_IMAGE_PIXELS")
-        image.load()
-    except MediaError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise MediaError(where, f"image refused as a decompression bomb ({e})",
-                         "Send a smaller image") from None
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
-        raise MediaError(where, f"cannot decode the image: {e}", media.FORMAT_HINT) from None
-    if image.width == 0 or image.height == 0:
-        raise MediaError(where, f"image has zero size ({image.width}x{image.height})", media.FORMAT_HINT)
-    return media.to_rgb(image)
+    image = open_image(fp)
+    w, h = image.size
+    cap = envs.VLLM_MAX_IMAGE_PIXELS
+    if cap > 0 and w * h > cap:
+        # load_image names the item: "cannot decode image: image is ... (VLLM_MAX_IMAGE_PIXELS)"
+        raise ValueError(f"image is {w}x{h} ({w * h} pixels), above this server's limit of "
+                         f"{cap} (VLLM_MAX_IMAGE_PIXELS)")
+    return image
+
+
+def _open_image(data: bytes, where: str):
+    """Decode as ``media.load_image`` does (the reference's RGB rule), with vLLM's opener."""
+    return media.load_image(data, where, opener=_vllm_open)
 
 
 def _params(media_type: str, where: str) -> tuple[str, dict]:
