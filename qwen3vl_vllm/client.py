@@ -39,6 +39,20 @@ from .errors import (APIConnectionError, APIError, APITimeoutError, InputError,
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 
+def _body(response: Any, where: str) -> Any:
+    """The JSON of a raw response; a server that fitted a video to ``max_model_len`` says so in
+    ``X-Qwen3VL-Video-Frames`` (see ``video_fit``), and the client warns naming the input."""
+    import warnings
+
+    from .video_fit import HEADER, VideoFitWarning, parse_header
+
+    fitted = [f"{u} of {n}" for u, n in parse_header(response.headers.get(HEADER)) if u < n]
+    if fitted:
+        warnings.warn(VideoFitWarning(f"{where}: the server reduced video frames to fit "
+                                      f"max_model_len ({', '.join(fitted)} frames)"), stacklevel=4)
+    return response.json()
+
+
 def _setting(value: Any, env: str, default: Any, cast=str):
     if value is not None:
         return value
@@ -181,12 +195,16 @@ class _Client(_Base):
     def _call(self, path: str, body: dict, where: str) -> Any:
         import time
 
+        import httpx
+
         attempt = 0
         while True:
             try:
-                return self._openai.post(path, body=body, cast_to=object)
+                response = self._openai.post(path, body=body, cast_to=httpx.Response)
             except Exception as e:  # noqa: BLE001
                 err = _map_openai_error(e, where)
+            else:
+                return _body(response, where)
             if self._s.give_up(err, attempt):
                 raise err
             time.sleep(self._s.delay(attempt))
@@ -218,12 +236,16 @@ class _AsyncClient(_Base):
         return self._s.model
 
     async def _call(self, path: str, body: dict, where: str) -> Any:
+        import httpx
+
         attempt = 0
         while True:
             try:
-                return await self._openai.post(path, body=body, cast_to=object)
+                response = await self._openai.post(path, body=body, cast_to=httpx.Response)
             except Exception as e:  # noqa: BLE001
                 err = _map_openai_error(e, where)
+            else:
+                return _body(response, where)
             if self._s.give_up(err, attempt):
                 raise err
             await asyncio.sleep(self._s.delay(attempt))

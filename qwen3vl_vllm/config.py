@@ -25,6 +25,7 @@ from typing import Any
 from .inputs import DEFAULT_SETTINGS
 from .server_policy import DEFAULT_MAX_BODY_BYTES
 from .settings import KEEP_ALIVE_S
+from .video_fit import DEFAULT_MODE as VIDEO_FIT_DEFAULT, MODES as VIDEO_FIT_MODES
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,9 @@ class ServerConfig:
     # pass `input` strings and token ids through untemplated (callers who build the reference
     # prompt themselves); per request: "raw_prompt": true
     raw_prompts: bool = False
+    # a video whose prompt exceeds max_model_len: "fit" (fewer frames, evenly spread) or
+    # "refuse" (a 400 naming the frame count that fits); see video_fit
+    video_fit: str = VIDEO_FIT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class ServeConfig:
 CHOICES = {
     "kind": ("auto", "embedding", "reranker"),
     "dtype": ("auto", "bfloat16", "float16", "float32"),
+    "server.video_fit": VIDEO_FIT_MODES,
 }
 POSITIVE = {"server.port", "server.max_request_bytes", "server.keep_alive_s", "media.min_pixels",
             "media.max_pixels", "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",

@@ -61,6 +61,7 @@ class ServerStartError(RuntimeError):
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
 from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV  # noqa: E402  (light: no vLLM import)
 from .server_policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
+from .video_fit import DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV  # noqa: E402  (light: no vLLM import)
 from .settings import KEEP_ALIVE_ENV, MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
 
 
@@ -177,6 +178,7 @@ def server_env(cfg, base: dict | None = None) -> dict:
         env[INSTRUCTIONS_ENV] = json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)
     if cfg.server.raw_prompts:
         env[RAW_ENV] = "1"
+    env[FIT_ENV] = cfg.server.video_fit
     if cfg.engine.cpu_kvcache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.engine.cpu_kvcache_gib)
     return env
@@ -195,6 +197,8 @@ def dry_run_command(cfg, model: str) -> str:
             json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)))
     if cfg.server.raw_prompts:
         env.append(f"{RAW_ENV}=1")
+    if cfg.server.video_fit != VIDEO_FIT_DEFAULT:
+        env.append(f"{FIT_ENV}={cfg.server.video_fit}")
     return " ".join(env + ["vllm", "serve"] + [shlex.quote(a) for a in vllm_args(cfg, model)])
 
 

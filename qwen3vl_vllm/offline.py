@@ -20,15 +20,18 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 
 from typing import Any, Mapping, Sequence
 
 from .media import fetch_image, fetch_video, vllm_video_metadata
 from .sources import DEFAULT_POLICY, MediaPolicy
-from .inputs import (DEFAULT_SETTINGS, IMAGE_FACTOR, MediaSettings, RERANK_MAX_LENGTH,
+from .inputs import (DEFAULT_SETTINGS, MediaSettings, RERANK_MAX_LENGTH,
                      embedding_conversation, rerank_conversation, rerank_request)
 from .truncation import RERANK_SUFFIX_TOKENS, truncate_pair_tokens
 from . import exitguard
+from . import video_fit as fitting
+from .video_fit_hook import collecting
 from .errors import InputError
 from .settings import chat_template_text, effective_engine_kwargs, image_tokens
 
@@ -57,9 +60,11 @@ class _Engine:
     kind = ""
 
     def __init__(self, model_name_or_path: str, *, settings: MediaSettings = DEFAULT_SETTINGS,
-                 policy: MediaPolicy = DEFAULT_POLICY, **engine_kwargs: Any):
+                 policy: MediaPolicy = DEFAULT_POLICY, video_fit: str | None = None,
+                 **engine_kwargs: Any):
         from vllm import LLM
 
+        self.video_fit = fitting.mode(video_fit)  # checked before the engine starts
         exitguard.install()
         if RESERVED_CPU_ENV not in os.environ:  # read by the engine processes started below
             os.environ[RESERVED_CPU_ENV] = "0"
@@ -102,16 +107,46 @@ class _Engine:
         return prompt
 
     def _check_length(self, text: str, data: dict, where: str) -> None:
-        """Refuse an over-long input by name before vLLM refuses the whole batch."""
+        """Refuse an over-long input by name before vLLM refuses the whole batch. Videos are
+        not counted here: the engine fits them (``video_fit``), or names them if it cannot."""
         limit = self.llm.llm_engine.model_config.max_model_len
         n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         n += sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
-        for frames, _ in data.get("video", []):  # pads only: a lower bound
-            t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
-            n += (t // 2) * (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR)
         if n > limit:
             raise InputError(where, f"the input is {n} tokens, longer than max_model_len={limit}",
                              "Shorten the text or send smaller/fewer images or frames")
+
+    def _run(self, prompts: list[dict], call, where) -> tuple[Any, list[dict]]:
+        """Run one engine call, collecting what was done to each prompt's videos.
+
+        Returns ``(outputs, metadata)``: one dict per prompt, ``{"video_frames": [(used,
+        prepared), ...], "prompt_tokens": n}`` (empty for prompts without media). A fitted video
+        warns (``VideoFitWarning``) naming its input; a refused one raises ``InputError``.
+        """
+        with collecting(self.video_fit) as reports:
+            try:
+                outputs = call()
+            except fitting.VideoFitError as e:
+                named = [i for i, p in enumerate(prompts) if id(p.get("multi_modal_data")) == e.data_id]
+                named = named or [i for i, p in enumerate(prompts)
+                                  if e.prompt is not None and p.get("prompt") == e.prompt]
+                raise InputError(where(named[0]) if named else "inputs", str(e)) from None
+        # reports name their prompt by its media object (vLLM passes it through), else by text
+        by_data = {r["data_id"]: r for r in reports if r.get("data_id") is not None}
+        by_prompt = {r["prompt"]: r for r in reports if r.get("prompt") is not None}
+        meta: list[dict] = [{"video_frames": [], "prompt_tokens": None} for _ in prompts]
+        for i, p in enumerate(prompts):
+            report = by_data.get(id(p.get("multi_modal_data"))) or by_prompt.get(p.get("prompt"))
+            if report is None or not p.get("multi_modal_data"):
+                continue
+            meta[i] = {"video_frames": list(report["frames"]), "prompt_tokens": report["prompt_tokens"]}
+            fitted = [f"{u} of {n}" for u, n in report["frames"] if u < n]
+            if fitted:
+                warnings.warn(fitting.VideoFitWarning(
+                    f"{where(i)}: video frames reduced to fit max_model_len "
+                    f"({', '.join(fitted)} frames; prompt {report['prompt_tokens']} tokens)"),
+                    stacklevel=3)
+        return outputs, meta
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -151,11 +186,14 @@ class Qwen3VLEmbedder(_Engine):
         return out
 
     def process(self, inputs: Sequence[Mapping[str, Any]], normalize: bool = True,
-                dimensions: int | None = None, precision: str = "float32"):
+                dimensions: int | None = None, precision: str = "float32", *,
+                return_metadata: bool = False):
         """Embed ``inputs`` -> (N, dimensions or hidden) array, in input order.
 
         ``precision`` may be "int8", "binary" or "ubinary" (see ``quantize``). A bad item raises
-        ``InputError``/``MediaError`` naming it before anything is computed.
+        ``InputError``/``MediaError`` naming it before anything is computed. With
+        ``return_metadata=True`` the result is ``(vectors, metadata)``: per input, the frames
+        each video used of those prepared and the prompt's length (see ``video_fit``).
         """
         import numpy as np
         from vllm import PoolingParams
@@ -173,11 +211,14 @@ class Qwen3VLEmbedder(_Engine):
                                  "The model card advises at least 64")
         prompts = self.prompts(inputs)
         if not prompts:
-            return np.zeros((0, dimensions or dim), dtype=np.float32)
+            empty = np.zeros((0, dimensions or dim), dtype=np.float32)
+            return (empty, []) if return_metadata else empty
         params = PoolingParams(dimensions=dimensions, use_activation=normalize)
-        outputs = self.llm.embed(prompts, pooling_params=params,
-                                 use_tqdm=len(prompts) >= PROGRESS_THRESHOLD)
-        return quantize(np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32), precision)
+        outputs, meta = self._run(prompts, lambda: self.llm.embed(
+            prompts, pooling_params=params, use_tqdm=len(prompts) >= PROGRESS_THRESHOLD),
+            lambda i: f"inputs[{i}]")
+        vectors = quantize(np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32), precision)
+        return (vectors, meta) if return_metadata else vectors
 
 
 class Qwen3VLReranker(_Engine):
@@ -224,7 +265,11 @@ class Qwen3VLReranker(_Engine):
             prompt["mm_processor_kwargs"] = {"do_resize": False}
         return prompt
 
-    def process(self, inputs: Mapping[str, Any]) -> list[float]:
+    def process(self, inputs: Mapping[str, Any], *, return_metadata: bool = False):
+        """One score per document, in order; ``return_metadata=True``: ``(scores, metadata)``
+        with, per document, the frames each video of the pair used and the pair's length."""
         prompts = self.pair_prompts(inputs)
-        outputs = self.llm.classify(prompts, use_tqdm=len(prompts) >= PROGRESS_THRESHOLD)
-        return [float(o.outputs.probs[-1]) for o in outputs]
+        outputs, meta = self._run(prompts, lambda: self.llm.classify(
+            prompts, use_tqdm=len(prompts) >= PROGRESS_THRESHOLD), lambda i: f"documents[{i}]")
+        scores = [float(o.outputs.probs[-1]) for o in outputs]
+        return (scores, meta) if return_metadata else scores

@@ -10,7 +10,8 @@ is idempotent and cheap. On vLLM 0.32.x it installs guarded hooks, each marked a
 2. The OpenAI server's argument validation (and the batch runner's endpoint set-up): the
    package's chat template, middleware, keep-alive and media connector.
 3. The ``qwen3vl`` video loader and media connector, the input-string templating
-   (``embed_inputs``) and the reranker truncation (``score_truncation``).
+   (``embed_inputs``), the reranker truncation (``score_truncation``) and the fitting of long
+   videos to ``max_model_len`` (``video_fit``, ``video_fit_hook``).
 
 Which checkpoints are touched is decided by ``detect.detect_kind``; anything else (an instruct
 model, another architecture) is left exactly as vLLM would serve it. What is set lives in
@@ -48,6 +49,7 @@ PIECES = {
     "video loader": ("embedding", "reranker"),
     "input-string templating": ("embedding",),
     "reranker truncation": ("reranker",),
+    "video fitting": ("embedding", "reranker"),
 }
 # EngineArgs values that mean "not set by the user" (then the package's default applies)
 _UNSET = {"runner": ("auto",), "convert": ("auto",), "pooler_config": (None,),
@@ -259,6 +261,12 @@ def _patch_score_truncation():
     return score_truncation.patch() or True
 
 
+def _patch_video_fit():
+    from . import video_fit_hook
+
+    return video_fit_hook.patch() or True
+
+
 def register() -> None:
     """vLLM entry point. Idempotent; only patches vLLM versions it was tested with, and
     records what it could not install for the start-up gate (``_gate``)."""
@@ -281,5 +289,6 @@ def register() -> None:
     _install("media connector", _register_media_connector)
     _install("input-string templating", _patch_embed_inputs)
     _install("reranker truncation", _patch_score_truncation)
+    _install("video fitting", _patch_video_fit)
     logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version,
                 ", ".join(_STATE["patched"]))

@@ -26,7 +26,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 # Server-side pieces the plugin adds to `vllm serve` through vLLM's --middleware option.
 MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
-               "qwen3vl_vllm.server_errors.NameBadItemsMiddleware")
+               "qwen3vl_vllm.server_errors.NameBadItemsMiddleware",
+               "qwen3vl_vllm.video_fit_hook.FramesHeaderMiddleware")
 # vLLM closes idle keep-alive connections after 5 s, exactly when httpx/openai pools expire them
 # (5 s), so a client can reuse a connection the server is closing that instant: ReadError on a
 # request that was never read (seen as 5 of 2,000 in CI). Servers must outlive client pools:

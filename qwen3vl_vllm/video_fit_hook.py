@@ -1,0 +1,278 @@
+"""Where the video fitting rule (``video_fit``) meets vLLM 0.32 (marked and guarded patches).
+
+- ``BaseRenderer._process_multimodal``: the one place every path (offline ``LLM``, chat
+  ``messages``, ``/v1/embeddings``, ``/score``, ``/rerank``, the batch runner) meets after the
+  media were prepared and before vLLM checks the prompt's length. For detected checkpoints only,
+  a prompt with prepared videos is measured and, when too long, its videos are given fewer
+  frames (or refused) as ``video_fit`` decides. The result is re-measured after vLLM expands it.
+- ``BaseRenderer._process_tokens(_async)``: hands the report (frames used of prepared, prompt
+  tokens) to the caller's collector: the request's (``FramesHeaderMiddleware`` turns it into the
+  ``X-Qwen3VL-Video-Frames`` header) or the offline call's (``collecting``).
+- ``PoolingIOProcessor.__init__``: its ``render_async`` runs on a thread pool without the
+  request's context variables; the same executor now runs it inside a copy of that context.
+
+Example (offline; the server needs nothing but the plugin)::
+
+    with collecting() as reports:
+        llm.embed(prompts)          # reports: [{"frames": [(52, 60)], "prompt_tokens": 8052, ...}]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .video_fit import (HEADER, TEMPORAL, VideoFitError, PreparedVideo, fit_prompt, header_value, mode)
+
+logger = logging.getLogger("vllm.qwen3vl_vllm")
+
+_KEY = "_qwen3vl_video_frames"  # carries the report from the renderer thread to the request
+_SENTINEL = "_qwen3vl_vllm_video_fit"
+
+
+_REPORTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("qwen3vl_video_reports",
+                                                                      default=None)
+# The offline engine prepares prompts on vLLM's renderer thread pool, which does not carry
+# context variables: an offline call also registers its collector here (one LLM call at a time).
+_OFFLINE: list[dict] = []
+
+
+@contextlib.contextmanager
+def collecting(fit_mode: str | None = None):
+    """Collect the reports of the prompts prepared in this context (the offline API): one
+    ``{"prompt": text, "frames": [(used, prepared), ...], "prompt_tokens": n}`` per prompt with
+    media. ``fit_mode`` overrides ``QWEN3VL_VIDEO_FIT`` for these prompts."""
+    collector = {"reports": [], "mode": fit_mode}
+    token = _REPORTS.set(collector["reports"])
+    _OFFLINE.append(collector)
+    try:
+        yield collector["reports"]
+    finally:
+        _OFFLINE.remove(collector)
+        _REPORTS.reset(token)
+
+
+def _current_mode() -> str:
+    return mode(_OFFLINE[-1]["mode"] if _OFFLINE else None)
+
+
+def _deliver(engine_input: Any, prompt: Any) -> Any:
+    report = engine_input.pop(_KEY, None) if isinstance(engine_input, dict) else None
+    reports = _REPORTS.get()
+    if reports is None and _OFFLINE:
+        reports = _OFFLINE[-1]["reports"]
+    if report is not None and reports is not None:
+        text = prompt.get("prompt") if isinstance(prompt, dict) else None
+        data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None
+        reports.append({"prompt": text, "data_id": id(data) if data is not None else None, **report})
+    return engine_input
+
+
+class FramesHeaderMiddleware:
+    """ASGI middleware: adds ``X-Qwen3VL-Video-Frames`` to responses whose prompts had videos."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        reports: list = []
+        token = _REPORTS.set(reports)
+
+        async def send_with_header(message):
+            if message.get("type") == "http.response.start" and reports:
+                value = header_value(reports)
+                if value:
+                    headers = list(message.get("headers") or [])
+                    headers.append((HEADER.encode(), value.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_header)
+        finally:
+            _REPORTS.reset(token)
+
+
+def _renderer_settings(renderer: Any) -> dict | None:
+    cached = getattr(renderer, _SENTINEL, False)
+    if cached is not False:
+        return cached
+    from .detect import detect_kind
+
+    model_config = renderer.model_config
+    settings = None
+    if detect_kind(getattr(model_config, "model", None)) is not None:
+        mm = getattr(getattr(model_config, "multimodal_config", None), "mm_processor_kwargs", None) or {}
+        images = mm.get("images_kwargs") or {}
+        from .inputs import DEFAULT_SETTINGS
+
+        settings = {"limit": int(model_config.max_model_len),
+                    "min_pixels": float(images.get("min_pixels", DEFAULT_SETTINGS.min_pixels)),
+                    "max_pixels": float(images.get("max_pixels", DEFAULT_SETTINGS.max_pixels)),
+                    "ts": {}}
+    setattr(renderer, _SENTINEL, settings)
+    return settings
+
+
+def _image_extra(images: Any, settings: dict) -> int:
+    from .media import smart_resize
+    from .settings import image_tokens
+
+    extra = 0
+    for im in images if isinstance(images, list) else [images]:
+        size = getattr(im, "size", None)
+        if isinstance(size, tuple) and len(size) == 2:
+            w, h = size
+        else:
+            shape = getattr(im, "shape", None)
+            if not shape or len(shape) != 3:
+                continue
+            h, w = int(shape[0]), int(shape[1])
+        hh, ww = smart_resize(h, w, factor=32, min_pixels=settings["min_pixels"],
+                              max_pixels=settings["max_pixels"])
+        extra += image_tokens(ww, hh) - 1
+    return extra
+
+
+def _prompt_len(result: Any) -> int:
+    return len(result["prompt_token_ids"])
+
+
+def process_multimodal(renderer: Any, original: Callable, prompt: list[int], mm_data: Any,
+                       *args: Any, **kwargs: Any) -> Any:
+    """``BaseRenderer._process_multimodal`` with the fitting rule applied to videos."""
+    settings = _renderer_settings(renderer)
+    raw = mm_data.get("video") if settings is not None and isinstance(mm_data, dict) else None
+    if not raw:
+        return original(renderer, prompt, mm_data, *args, **kwargs)
+    items = raw if isinstance(raw, list) else [raw]
+    try:
+        videos = [PreparedVideo(item) for item in items]
+    except (TypeError, ValueError, KeyError):
+        return original(renderer, prompt, mm_data, *args, **kwargs)  # not prepared by the package
+    fit_mode = _current_mode()
+    limit = settings["limit"]
+    tokenizer = renderer.get_tokenizer()
+    cache = settings["ts"]
+
+    def ts_len(t: float) -> int:
+        text = f"<{t:.1f} seconds>"
+        if text not in cache:
+            if len(cache) > 65536:
+                cache.clear()
+            cache[text] = len(tokenizer.encode(text, add_special_tokens=False))
+        return cache[text]
+
+    extra = _image_extra(mm_data.get("image") or [], settings) if mm_data.get("image") else 0
+    cap = fit_prompt(len(prompt), videos, limit=limit, extra=extra, ts_len=ts_len, fit_mode=fit_mode)
+
+    def run(cap: int | None):
+        if cap is None:
+            return original(renderer, prompt, mm_data, *args, **kwargs), [v.n for v in videos]
+        fitted = [v.subset(cap) if v.n > cap else items[i] for i, v in enumerate(videos)]
+        data = {**mm_data, "video": fitted if isinstance(raw, list) else fitted[0]}
+        uuids = _fitted_uuids(kwargs.get("mm_uuids", args[0] if args else None), videos, cap)
+        call_args, call_kwargs = _with_uuids(args, kwargs, uuids)
+        return original(renderer, prompt, data, *call_args, **call_kwargs), [min(v.n, cap) for v in videos]
+
+    result, used = run(cap)
+    n = _prompt_len(result)
+    while n > limit and fit_mode == "fit":
+        # the estimate was short (a processor that expands differently): step down and re-check
+        top = cap if cap is not None else max(v.n for v in videos)
+        cap = top - TEMPORAL - (top % TEMPORAL)
+        if cap < TEMPORAL:
+            break  # left to vLLM, which refuses it by length
+        result, used = run(cap)
+        n = _prompt_len(result)
+    if cap is not None:
+        logger.info("qwen3vl-vllm: video(s) fitted to max_model_len=%d: %s frames (prompt %d tokens)",
+                    limit, ", ".join(f"{u}/{v.n}" for u, v in zip(used, videos)), n)
+    result[_KEY] = {"frames": [(u, v.n) for u, v in zip(used, videos)], "prompt_tokens": n}
+    return result
+
+
+def _fitted_uuids(uuids: Any, videos: list[PreparedVideo], cap: int) -> Any:
+    """Caller-given video ids, made distinct for a fitted video (its content differs)."""
+    if not isinstance(uuids, dict) or not uuids.get("video"):
+        return uuids
+    ids = uuids["video"]
+    listed = ids if isinstance(ids, list) else [ids]
+    new = [f"{u}#frames={min(v.n, cap)}" if (u is not None and v.n > cap) else u
+           for u, v in zip(listed, videos)]
+    return {**uuids, "video": new if isinstance(ids, list) else new[0]}
+
+
+def _with_uuids(args: tuple, kwargs: dict, uuids: Any) -> tuple[tuple, dict]:
+    if "mm_uuids" in kwargs or not args:
+        return args, {**kwargs, "mm_uuids": uuids}
+    return (uuids, *args[1:]), kwargs
+
+
+def patch() -> str | None:
+    """Wrap the renderer's multimodal step (fitting) and its token steps (reports); once."""
+    from vllm.renderers.base import BaseRenderer
+
+    original = BaseRenderer._process_multimodal
+    if getattr(original, _SENTINEL, False):
+        return None
+    tokens, tokens_async = BaseRenderer._process_tokens, BaseRenderer._process_tokens_async
+
+    def _process_multimodal(self, prompt, mm_data, *args, **kwargs):
+        return process_multimodal(self, original, prompt, mm_data, *args, **kwargs)
+
+    def _process_tokens(self, prompt, *args, **kwargs):
+        try:
+            return _deliver(tokens(self, prompt, *args, **kwargs), prompt)
+        except VideoFitError as e:
+            if isinstance(prompt, dict):
+                e.prompt = prompt.get("prompt")
+                e.data_id = id(prompt.get("multi_modal_data"))
+            raise
+
+    async def _process_tokens_async(self, prompt, *args, **kwargs):
+        return _deliver(await tokens_async(self, prompt, *args, **kwargs), prompt)
+
+    for fn, orig in ((_process_multimodal, original), (_process_tokens, tokens),
+                     (_process_tokens_async, tokens_async)):
+        setattr(fn, _SENTINEL, True)
+        fn.__wrapped__ = orig
+    BaseRenderer._process_multimodal = _process_multimodal
+    BaseRenderer._process_tokens = _process_tokens
+    BaseRenderer._process_tokens_async = _process_tokens_async
+    _carry_context_into_render()
+    return "BaseRenderer._process_multimodal (video fitting)"
+
+
+def _carry_context_into_render() -> None:
+    """The pooling endpoints render each prompt on a thread pool (``make_async``), which drops
+    context variables; render with the request's context instead, so its reports reach the
+    response header. Same executor, same work."""
+    import asyncio
+    import functools
+
+    from vllm.entrypoints.pooling.base.io_processor import PoolingIOProcessor
+
+    original = PoolingIOProcessor.__init__
+    if getattr(original, _SENTINEL, False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        render, executor = self.render, self._executor
+
+        def render_async(*a, **kw):
+            ctx = contextvars.copy_context()
+            return asyncio.get_event_loop().run_in_executor(
+                executor, functools.partial(ctx.run, render, *a, **kw))
+
+        self.render_async = render_async
+
+    setattr(__init__, _SENTINEL, True)
+    __init__.__wrapped__ = original
+    PoolingIOProcessor.__init__ = __init__
