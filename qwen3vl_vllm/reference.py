@@ -209,14 +209,19 @@ def _install_pyav_reader() -> None:
         return
 
     def read(ele: dict):
-        with av.open(io.BytesIO(_video_bytes(ele["video"]))) as container:
+        data = _video_bytes(ele["video"])
+        with av.open(io.BytesIO(data)) as container:  # pass 1: count the decodable frames
             stream = container.streams.video[0]
             video_fps = float(stream.average_rate)
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        total = len(frames)
+            total = sum(1 for _ in container.decode(stream))
         nframes = vp.smart_nframes(ele, total_frames=total, video_fps=video_fps)
         idx = torch.linspace(0, total - 1, nframes).round().long()
-        video = torch.from_numpy(np.stack([frames[i] for i in idx.tolist()])).permute(0, 3, 1, 2)
+        wanted, kept = set(idx.tolist()), {}
+        with av.open(io.BytesIO(data)) as container:  # pass 2: keep only the sampled frames
+            for i, f in enumerate(container.decode(container.streams.video[0])):
+                if i in wanted:
+                    kept[i] = f.to_ndarray(format="rgb24")
+        video = torch.from_numpy(np.stack([kept[i] for i in idx.tolist()])).permute(0, 3, 1, 2)
         meta = dict(fps=video_fps, frames_indices=idx, total_num_frames=total, video_backend="pyav")
         return video, meta, nframes / max(total, 1e-6) * video_fps
 

@@ -10,8 +10,8 @@ is owed there). The project's rule instead:
   (at least 2) with which the whole prompt fits. The kept frames are spread evenly over the ones
   the reference sampled (``keep_indices``: first and last included), at the reference's per-frame
   size; their timestamps stay the true ones. Shorter videos of the same prompt keep theirs.
-- ``QWEN3VL_VIDEO_FIT=refuse`` (YAML ``server.video_fit``, offline ``video_fit=``) refuses such a
-  prompt instead, with a 400 that names the video, the frame count that would fit and how to send
+- ``QWEN3VL_VIDEO_FIT=refuse`` (YAML ``server.video_fit``, offline ``video_fit=``, one request:
+  header ``X-Qwen3VL-Video-Fit: refuse``) refuses such a prompt instead, with a 400 that names the video, the frame count that would fit and how to send
   it. A prompt that cannot fit even with 2 frames per video is refused in both modes.
 
 What was used is reported: the server adds ``X-Qwen3VL-Video-Frames: used/prepared, ...`` (one
@@ -38,7 +38,8 @@ from typing import Any
 FIT_ENV = "QWEN3VL_VIDEO_FIT"
 MODES = ("fit", "refuse")
 DEFAULT_MODE = "fit"
-HEADER = "x-qwen3vl-video-frames"
+HEADER = "x-qwen3vl-video-frames"  # response: frames used/prepared per video
+MODE_HEADER = "x-qwen3vl-video-fit"  # request: fit or refuse, for this request only
 TEMPORAL = 2  # frames per temporal patch: counts stay even
 
 
@@ -73,7 +74,8 @@ def keep_indices(n: int, k: int) -> list[int]:
         return list(range(n))
     if k <= 1:
         return [0]
-    return [int(round(i * (n - 1) / (k - 1))) for i in range(k)]
+    step = (n - 1) / (k - 1)  # as numpy.linspace computes it, so .5 cases round the same way
+    return [int(round(i * step)) for i in range(k - 1)] + [n - 1]
 
 
 def fit_cap(*, base: int, limit: int, videos: Sequence[tuple[int, Callable[[int], int]]]) -> int | None:
@@ -159,7 +161,8 @@ def _refuse_message(counts: Sequence[int], total: int, limit: int, cap: int | No
     return (f"{what} the prompt {total} tokens, above max_model_len={limit}; {cap} frames{each} "
             f"would fit. Send at most {cap} frames{each}: max_frames={cap} (or a lower fps) on the "
             f"item, e.g. data:video/mp4;max_frames={cap};base64,... (or a frame list of {cap} "
-            f"frames); or let the server fit it ({FIT_ENV}=fit, server.video_fit: fit)")
+            f"frames); or have it fitted (video_fit=fit: {FIT_ENV}, YAML server.video_fit, header "
+            f"{MODE_HEADER}, offline video_fit=)")
 
 
 def fit_prompt(prompt_len: int, videos: list[PreparedVideo], *, limit: int, extra: int,

@@ -25,7 +25,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .video_fit import (HEADER, TEMPORAL, VideoFitError, PreparedVideo, fit_prompt, header_value, mode)
+from .video_fit import (HEADER, MODE_HEADER, MODES, TEMPORAL, PreparedVideo, VideoFitError, fit_prompt,
+                        header_value, mode)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")
 
@@ -35,6 +36,8 @@ _SENTINEL = "_qwen3vl_vllm_video_fit"
 
 _REPORTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("qwen3vl_video_reports",
                                                                       default=None)
+_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("qwen3vl_video_fit_mode",
+                                                                  default=None)
 # The offline engine prepares prompts on vLLM's renderer thread pool, which does not carry
 # context variables: an offline call also registers its collector here (one LLM call at a time).
 _OFFLINE: list[dict] = []
@@ -56,7 +59,11 @@ def collecting(fit_mode: str | None = None):
 
 
 def _current_mode() -> str:
-    return mode(_OFFLINE[-1]["mode"] if _OFFLINE else None)
+    """The request's ``X-Qwen3VL-Video-Fit``, else the offline call's, else the server's."""
+    chosen = _MODE.get()
+    if chosen is None and _OFFLINE:
+        chosen = _OFFLINE[-1]["mode"]
+    return mode(chosen)
 
 
 def _deliver(engine_input: Any, prompt: Any) -> Any:
@@ -71,8 +78,22 @@ def _deliver(engine_input: Any, prompt: Any) -> Any:
     return engine_input
 
 
+async def _refuse_header(send, value: str) -> None:
+    import json
+
+    body = json.dumps({"error": {
+        "message": f"{MODE_HEADER}: {value!r} is not one of {', '.join(MODES)}. Send fit or refuse, "
+                   "or leave the header out for the server's setting",
+        "type": "BadRequestError", "param": MODE_HEADER, "code": 400}}).encode()
+    await send({"type": "http.response.start", "status": 400,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class FramesHeaderMiddleware:
-    """ASGI middleware: adds ``X-Qwen3VL-Video-Frames`` to responses whose prompts had videos."""
+    """ASGI middleware: adds ``X-Qwen3VL-Video-Frames`` to responses whose prompts had videos,
+    and applies a request's ``X-Qwen3VL-Video-Fit: fit|refuse`` (the server's setting otherwise)."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -80,8 +101,14 @@ class FramesHeaderMiddleware:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
+        asked = dict(scope.get("headers") or []).get(MODE_HEADER.encode())
+        if asked is not None:
+            value = asked.decode("latin-1").strip().lower()
+            if value not in MODES:
+                return await _refuse_header(send, value)
         reports: list = []
         token = _REPORTS.set(reports)
+        mode_token = _MODE.set(value if asked is not None else None)
 
         async def send_with_header(message):
             if message.get("type") == "http.response.start" and reports:
@@ -96,6 +123,7 @@ class FramesHeaderMiddleware:
             await self.app(scope, receive, send_with_header)
         finally:
             _REPORTS.reset(token)
+            _MODE.reset(mode_token)
 
 
 def _renderer_settings(renderer: Any) -> dict | None:

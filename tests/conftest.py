@@ -121,3 +121,12 @@ def offline_rerank(reranker_ckpt, tmp_path_factory):
     out = tmp / "results.json"
     _run_worker("offline_rerank_worker.py", reranker_ckpt, tmp, out)
     return json.loads(out.read_text()), tmp / "media"
+
+
+@pytest.fixture(scope="session")
+def long_videos() -> dict[int, Path]:
+    """1- and 10-minute 640x480 clips at 30 fps, low bitrate (small files, many frames), made at
+    test time once and kept in .cache (never committed)."""
+    from cases import long_video
+
+    return {m: long_video(CACHE / "media" / f"long-{m}min.mp4", seconds=60 * m) for m in (1, 10)}
