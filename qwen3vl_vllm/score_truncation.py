@@ -13,9 +13,8 @@ copy, written separately, which the parity tests compare against).
 - Only checkpoints the plugin detects as rerankers are touched; other models are unchanged.
 - Each image counts as the pad tokens the engine expands it to (one per 32x32 pixels after the
   server's own resize), as in the reference, which counts the expanded prompt.
-- A too-long pair containing a video is left to vLLM (a 400 naming the limit): the expanded
-  length of a video depends on the video processor's sampling and timestamps, which is not
-  counted here.
+- A pair containing a video is left to the video rule (``video_fit``), which runs once the
+  video's expanded length is known: fewer frames until the pair fits, or a 400 naming why not.
 
 Example (what a plain HTTP client now gets for a 12,000-token document)::
 

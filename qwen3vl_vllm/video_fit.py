@@ -147,7 +147,7 @@ def parse_header(value: str | None) -> list[tuple[int, int]]:
     return out
 
 
-def _refuse_message(counts: Sequence[int], total: int, limit: int, cap: int | None) -> str:
+def _refuse_message(counts: Sequence[int], total: int, limit: int, cap: int | None, base: int) -> str:
     """Names the video(s) to shorten, the frame count that fits and how to send it."""
     over = [i for i, n in enumerate(counts) if cap is None or n > cap]
     if len(counts) == 1:
@@ -155,8 +155,9 @@ def _refuse_message(counts: Sequence[int], total: int, limit: int, cap: int | No
     else:
         what = ", ".join(f"video {i + 1} of {len(counts)} ({counts[i]} frames)" for i in over) + " make"
     if cap is None:
-        return (f"{what} the prompt {total} tokens, above max_model_len={limit}, and it does not fit "
-                "even with 2 frames per video. Shorten the text, or send fewer images or videos")
+        return (f"the prompt is {total} tokens with its video(s), above max_model_len={limit}, and "
+                f"does not fit even with 2 frames per video: its text and images alone take {base} "
+                "tokens. Shorten the text, or send fewer images or videos")
     each = "" if len(over) == 1 else " per video"
     return (f"{what} the prompt {total} tokens, above max_model_len={limit}; {cap} frames{each} "
             f"would fit. Send at most {cap} frames{each}: max_frames={cap} (or a lower fps) on the "
@@ -178,6 +179,6 @@ def fit_prompt(prompt_len: int, videos: list[PreparedVideo], *, limit: int, extr
     cap = fit_cap(base=prompt_len + extra, limit=limit, videos=full)
     if cap is None or fit_mode == "refuse":
         longest = max(range(len(videos)), key=lambda i: videos[i].n)
-        raise VideoFitError(_refuse_message([v.n for v in videos], total, limit, cap),
+        raise VideoFitError(_refuse_message([v.n for v in videos], total, limit, cap, prompt_len + extra),
                             video=longest, fits=cap)
     return cap

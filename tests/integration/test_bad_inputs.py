@@ -141,8 +141,9 @@ def test_server_rerank_media(case, rr, bad_tmp):
     ("top_n above documents", {"query": "a cat", "documents": ["a", "b"], "top_n": 3}, "top_n: 3 is out of range"),
     ("top_n negative", {"query": "a cat", "documents": ["a", "b"], "top_n": -1}, "top_n"),
     ("wrong JSON type: documents", {"query": "a cat", "documents": 5}, "body.documents"),
-    # a too-long text pair is cut as the reference cuts it (test_rerank_server); with a video the
-    # expanded length is not counted, so vLLM's own refusal stands
+    # a too-long text pair is cut as the reference cuts it (test_rerank_server); with a video, text
+    # alone over the limit is refused by vLLM's tokenizer check (text + video over it: fewer frames,
+    # test_long_videos)
     ("pair over max length with a video", {"query": "hello " * 11000, "documents": [{"content": [
         {"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + ",".join(
             b64(png_bytes(f)) for f in frames(2))}}]}]}, "maximum context length"),
