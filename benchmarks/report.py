@@ -43,6 +43,21 @@ def markdown(res: dict) -> str:
                   f"{f['workload']}) × {f['gflop_per_token']:.2f} GFLOP/token = "
                   f"{f['achieved_gflops']:.1f} GFLOP/s; this machine's {f['dtype']} matmul peak "
                   f"{f['peak_gflops']:.1f} GFLOP/s → **MFU {100 * f['mfu']:.1f} %**"]
+    if res.get("cpu_serving"):
+        offline_mfu = res.get("mfu", {}).get("mfu")
+        lines += ["", "## Real-shape serving on CPU (2B-shaped bf16, zero model flags)", "",
+                  "| server | /health | first text | first 640×480 image | mixed c=1 | mixed c=4 | text tok/s | served MFU (offline) | peak RSS |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["cpu_serving"]:
+            if not r.get("started"):
+                lines.append(f"| {r['kind']} | did not start: {r.get('error')} | | | | | | | |")
+                continue
+            mfu = (f"{100 * r['served_text_mfu']:.1f} %" if r.get("served_text_mfu") else "–") + (
+                f" ({100 * offline_mfu:.1f} %)" if offline_mfu else "")
+            lines.append(f"| {r['kind']} | {r['health_s']:.0f} s | {r['first_text_s']:.2f} s | "
+                         f"{r['first_image_s']:.2f} s | {r['mixed_c1_req_s']:.3f} req/s | "
+                         f"{r['mixed_c4_req_s']:.3f} req/s | {r['text_prompt_tokens_per_s']:.0f} | {mfu} | "
+                         f"{r['peak_rss_gib']:.1f} GiB |")
     lines += ["", "## Serving (async load generator, 127.0.0.1)", "",
               "| server | endpoint | mode | workload | concurrency | req/s | items/s | tok/s | p50 ms | p90 ms | p99 ms | failed | peak MiB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -132,4 +147,13 @@ def check(res: dict) -> list[str]:
         positive("crosscheck.vllm_bench_rps", res["crosscheck"]["vllm_bench_rps"])
     if "mfu" in res:
         positive("mfu", res["mfu"]["mfu"])
+    for r in res.get("cpu_serving", []):  # --full only: a real-shape server that must start and answer
+        if not r.get("started"):
+            problems.append(f"cpu_serving {r['kind']}: server did not start ({r.get('error')})")
+        elif r.get("failures"):
+            problems.append(f"cpu_serving {r['kind']}: {len(r['failures'])} failed ({r['failures'][:2]})")
+        else:
+            for k in ("health_s", "first_text_s", "first_image_s", "mixed_c1_req_s", "mixed_c4_req_s",
+                      "text_prompt_tokens_per_s", "peak_rss_gib"):
+                positive(f"cpu_serving {r['kind']} {k}", r.get(k))
     return problems

@@ -62,6 +62,17 @@ def versions() -> dict:
     return out
 
 
+def server_env() -> dict:
+    """Every benchmark server keeps vLLM's own front-end core (one), as plain vLLM does: the
+    plugin's small-box default (no reserved core, settings.cpu_reserved_cores) would give the
+    plugin server twice the model's cores and make plugin/plain and earlier figures incomparable.
+    Its effect is measured on its own by benchmarks/cpu_serving.py."""
+    from qwen3vl_vllm.launcher import vllm_env
+    from qwen3vl_vllm.settings import RESERVED_CPU_ENV
+
+    return dict(vllm_env(), **{RESERVED_CPU_ENV: os.environ.get(RESERVED_CPU_ENV, "1")})
+
+
 def plain_args(kind: str, ckpt: str, port: int) -> list[str]:
     """The same server by hand-written flags, with the plugin disabled (VLLM_PLUGINS)."""
     from qwen3vl_vllm.config import load_config
@@ -127,12 +138,12 @@ def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, n_requests: int, conc
     Both servers run side by side and are measured in alternating rounds (ABBA order) on the
     same requests, each new to both, so drift on a shared machine hits both equally.
     """
-    from qwen3vl_vllm.launcher import ServerProcess, free_port, vllm_env
+    from qwen3vl_vllm.launcher import ServerProcess, free_port
 
     port = free_port()
-    plain_env = dict(vllm_env(), VLLM_PLUGINS="__none__")
+    plain_env = dict(server_env(), VLLM_PLUGINS="__none__")
     rows = []
-    with ServerProcess(ckpt, extra_args=SIZING, log_path=logs / "overhead-plugin.log") as plug, \
+    with ServerProcess(ckpt, extra_args=SIZING, env=server_env(), log_path=logs / "overhead-plugin.log") as plug, \
             ServerProcess(ckpt, port=port, env=plain_env, log_path=logs / "overhead-plain.log",
                           full_args=plain_args("embedding", ckpt, port)) as plain:
         model_plug, model_plain = served_model(plug.base_url), served_model(plain.base_url)
@@ -184,7 +195,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from qwen3vl_vllm.checkpoint import ensure_checkpoint
-    from qwen3vl_vllm.launcher import ServerProcess, free_port, vllm_env
+    from qwen3vl_vllm.launcher import ServerProcess
 
     mode = "full" if args.full else "quick"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -249,7 +260,7 @@ def main(argv=None) -> int:
     text = distinct("text-short", n_req, first_variant=timed + 1, tmp=tmp)
     rr_sets = [workloads.build("rerank-1x20", tmp, variant=100 + k)[1]
                for k in range(2 * rr_n * len(rr_levels))]
-    with ServerProcess(emb_ckpt, extra_args=SIZING, log_path=logs / "plugin-embedding.log") as srv:
+    with ServerProcess(emb_ckpt, extra_args=SIZING, env=server_env(), log_path=logs / "plugin-embedding.log") as srv:
         model = served_model(srv.base_url)
         bodies = embedding_bodies(http_items, model)
         res["serving"].append(serve_levels(
@@ -271,7 +282,7 @@ def main(argv=None) -> int:
     res["plugin_overhead"] = plugin_overhead(emb_ckpt, logs, rounds=5 if args.full else 3,
                                              n_requests=n_req, concurrency=16, first_variant=timed + 50,
                                              tmp=tmp)
-    with ServerProcess(rr_ckpt, extra_args=SIZING, log_path=logs / "plugin-reranker.log") as srv:
+    with ServerProcess(rr_ckpt, extra_args=SIZING, env=server_env(), log_path=logs / "plugin-reranker.log") as srv:
         model = served_model(srv.base_url)
         half = rr_n * len(rr_levels)
         bodies = [rerank_body(srv.base_url, x, model) for x in rr_sets[:half]]
@@ -281,6 +292,18 @@ def main(argv=None) -> int:
         res["serving"].append(serve_levels(
             srv, "plugin", "/score", "client", "rerank-1x20",
             lambda part: serving.client_sender(srv.base_url, "reranker", part), rr_sets[half:], rr_levels, rr_n))
+    if args.full:  # real-shape serving on CPU: 2B-shaped servers started with zero model flags
+        import cpu_serving
+
+        res["cpu_serving"] = []
+        for kind in ("embedding", "reranker"):
+            big_ckpt = str(ensure_checkpoint(cache, kind=kind, size="2b"))
+            row = cpu_serving.run_config(kind, big_ckpt, None, logs, n_c1=4, n_c4=8, n_text=8)
+            if row.get("text_prompt_tokens_per_s"):
+                gflop = offline.text_flops_per_token(big_ckpt) / 1e9
+                row["served_text_mfu"] = row["text_prompt_tokens_per_s"] * gflop / res["mfu"]["peak_gflops"]
+            res["cpu_serving"].append(row)
+            print(f"[bench] 2B-shaped {kind} server: {json.dumps(row)} ({time.monotonic() - t0:.0f}s)", flush=True)
     res["seconds"] = time.monotonic() - t0
     report.write(res, out)
     print(report.markdown(res))

@@ -33,7 +33,7 @@ from . import exitguard
 from . import video_fit as fitting
 from .video_fit_hook import collecting
 from .errors import InputError
-from .settings import chat_template_text, effective_engine_kwargs, image_tokens
+from .settings import RESERVED_CPU_ENV, chat_template_text, effective_engine_kwargs, image_tokens
 
 exitguard.record_exit_codes()  # before a script's `sys.exit(main())` looks sys.exit up
 
@@ -42,7 +42,6 @@ PROGRESS_THRESHOLD = 64
 # Offline, the front-end prepares every input before the engine runs and then waits, so the
 # reserved core would sit idle: give it to the model unless the user chose otherwise.
 # Measured on the 2-core CI machine, reranking 1x20 unseen pairs: 1.03 s -> 0.66 s per call.
-RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 def _engine_kwargs(kind: str, user: dict, settings: MediaSettings = DEFAULT_SETTINGS) -> dict:

