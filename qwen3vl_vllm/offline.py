@@ -127,15 +127,13 @@ class _Engine:
                 outputs = call()
             except fitting.VideoFitError as e:
                 named = [i for i, p in enumerate(prompts) if id(p.get("multi_modal_data")) == e.data_id]
-                named = named or [i for i, p in enumerate(prompts)
-                                  if e.prompt is not None and p.get("prompt") == e.prompt]
                 raise InputError(where(named[0]) if named else "inputs", str(e)) from None
-        # reports name their prompt by its media object (vLLM passes it through), else by text
+        # reports name their prompt by its media object, which vLLM passes through unchanged
+        # (not by text: two inputs with the same video placeholder render the same prompt)
         by_data = {r["data_id"]: r for r in reports if r.get("data_id") is not None}
-        by_prompt = {r["prompt"]: r for r in reports if r.get("prompt") is not None}
         meta: list[dict] = [{"video_frames": [], "prompt_tokens": None} for _ in prompts]
         for i, p in enumerate(prompts):
-            report = by_data.get(id(p.get("multi_modal_data"))) or by_prompt.get(p.get("prompt"))
+            report = by_data.get(id(p.get("multi_modal_data")))
             if report is None or not p.get("multi_modal_data"):
                 continue
             meta[i] = {"video_frames": list(report["frames"]), "prompt_tokens": report["prompt_tokens"]}

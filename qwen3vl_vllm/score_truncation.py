@@ -60,7 +60,8 @@ def fit_pair_ids(ids: list[int], special_ids: set[int], image_sizes: list[tuple[
     return truncate_pair_tokens(ids, special_ids, max_length, extra_special=extra)
 
 
-def _pixel_bounds(model_config: Any) -> tuple[float, float]:
+def pixel_bounds(model_config: Any) -> tuple[float, float]:
+    """The served image pixel bounds (the plugin's ``images_kwargs``, else the reference's)."""
     mm = getattr(getattr(model_config, "multimodal_config", None), "mm_processor_kwargs", None) or {}
     images = mm.get("images_kwargs") or {}
     return (float(images.get("min_pixels", mm.get("min_pixels", DEFAULT_SETTINGS.min_pixels))),
@@ -75,7 +76,7 @@ def _settings(processor: Any) -> dict | None:
     model_config = processor.model_config
     settings = None
     if detect_kind(getattr(model_config, "model", None)) == "reranker":
-        lo, hi = _pixel_bounds(model_config)
+        lo, hi = pixel_bounds(model_config)
         body_max = int(model_config.max_model_len) - RERANK_SUFFIX_TOKENS
         settings = {"max_length": min(body_max, RERANK_MAX_LENGTH),
                     "special": set(processor.tokenizer.all_special_ids),

@@ -35,6 +35,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .settings import image_tokens
+
 FIT_ENV = "QWEN3VL_VIDEO_FIT"
 MODES = ("fit", "refuse")
 DEFAULT_MODE = "fit"
@@ -50,8 +52,7 @@ class VideoFitError(ValueError):
         super().__init__(message)
         self.video = video
         self.fits = fits
-        self.prompt: str | None = None  # the prompt's text and media, when known (offline naming)
-        self.data_id: int | None = None
+        self.data_id: int | None = None  # id() of the prompt's media, when known (offline naming)
 
 
 class VideoFitWarning(UserWarning):
@@ -123,7 +124,7 @@ class PreparedVideo:
     def tokens(self, k: int, ts_len: Callable[[float], int]) -> int:
         """Tokens this video adds to the prompt with ``k`` frames (its pad replaced)."""
         keep = keep_indices(self.n, k)
-        per_group = (self.h // 32) * (self.w // 32) + 2  # pads + vision start/end
+        per_group = image_tokens(self.w, self.h) + 2  # a frame pair's pads + vision start/end
         groups = group_timestamps([self.indices[i] for i in keep], self.fps)
         return sum(ts_len(t) + per_group for t in groups) - 1
 

@@ -46,7 +46,7 @@ _OFFLINE: list[dict] = []
 @contextlib.contextmanager
 def collecting(fit_mode: str | None = None):
     """Collect the reports of the prompts prepared in this context (the offline API): one
-    ``{"prompt": text, "frames": [(used, prepared), ...], "prompt_tokens": n}`` per prompt with
+    ``{"data_id": id(multi_modal_data), "frames": [(used, prepared), ...], "prompt_tokens": n}`` per prompt with
     media. ``fit_mode`` overrides ``QWEN3VL_VIDEO_FIT`` for these prompts."""
     collector = {"reports": [], "mode": fit_mode}
     token = _REPORTS.set(collector["reports"])
@@ -72,9 +72,8 @@ def _deliver(engine_input: Any, prompt: Any) -> Any:
     if reports is None and _OFFLINE:
         reports = _OFFLINE[-1]["reports"]
     if report is not None and reports is not None:
-        text = prompt.get("prompt") if isinstance(prompt, dict) else None
         data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None
-        reports.append({"prompt": text, "data_id": id(data) if data is not None else None, **report})
+        reports.append({"data_id": id(data) if data is not None else None, **report})
     return engine_input
 
 
@@ -135,21 +134,19 @@ def _renderer_settings(renderer: Any) -> dict | None:
     model_config = renderer.model_config
     settings = None
     if detect_kind(getattr(model_config, "model", None)) is not None:
-        mm = getattr(getattr(model_config, "multimodal_config", None), "mm_processor_kwargs", None) or {}
-        images = mm.get("images_kwargs") or {}
-        from .inputs import DEFAULT_SETTINGS
+        from .score_truncation import pixel_bounds
 
-        settings = {"limit": int(model_config.max_model_len),
-                    "min_pixels": float(images.get("min_pixels", DEFAULT_SETTINGS.min_pixels)),
-                    "max_pixels": float(images.get("max_pixels", DEFAULT_SETTINGS.max_pixels)),
+        lo, hi = pixel_bounds(model_config)
+        settings = {"limit": int(model_config.max_model_len), "min_pixels": lo, "max_pixels": hi,
                     "ts": {}}
     setattr(renderer, _SENTINEL, settings)
     return settings
 
 
 def _image_extra(images: Any, settings: dict) -> int:
-    from .media import smart_resize
-    from .settings import image_tokens
+    """What the prompt's images add: their pad tokens (``score_truncation.image_token_count``),
+    less the one pad each holds unexpanded."""
+    from .score_truncation import image_token_count
 
     extra = 0
     for im in images if isinstance(images, list) else [images]:
@@ -161,9 +158,8 @@ def _image_extra(images: Any, settings: dict) -> int:
             if not shape or len(shape) != 3:
                 continue
             h, w = int(shape[0]), int(shape[1])
-        hh, ww = smart_resize(h, w, factor=32, min_pixels=settings["min_pixels"],
-                              max_pixels=settings["max_pixels"])
-        extra += image_tokens(ww, hh) - 1
+        extra += image_token_count(w, h, min_pixels=settings["min_pixels"],
+                                   max_pixels=settings["max_pixels"]) - 1
     return extra
 
 
@@ -259,7 +255,6 @@ def patch() -> str | None:
             return _deliver(tokens(self, prompt, *args, **kwargs), prompt)
         except VideoFitError as e:
             if isinstance(prompt, dict):
-                e.prompt = prompt.get("prompt")
                 e.data_id = id(prompt.get("multi_modal_data"))
             raise
 

@@ -22,12 +22,13 @@ REPORT = ROOT / ".cache" / "reports" / "hardening.json"
 GIB = 2**30
 
 
-def _record(key: str, value) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+def record(key: str, value, report: Path = REPORT, tag: str = "HARDENING") -> None:
+    """Merge one figure into a JSON report under .cache/reports and print it."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(report.read_text()) if report.exists() else {}
     data[key] = value
-    REPORT.write_text(json.dumps(data, indent=2))
-    print(f"HARDENING {key}: {json.dumps(value)}")
+    report.write_text(json.dumps(data, indent=2))
+    print(f"{tag} {key}: {json.dumps(value)}")
 
 
 class PeakRSS:
@@ -113,7 +114,7 @@ def test_failing_big_images_do_not_stall_good_requests(embedding_server):
         message = r.json()["error"]["message"]
         assert message.startswith("messages[0].content[1]: cannot decode the image"), message[:300]
     p99 = lambda xs: float(np.percentile([t for t, _ in xs], 99))  # noqa: E731
-    _record("failing_20mb_images", {"bad_requests": 30, "good_requests": 60,
+    record("failing_20mb_images", {"bad_requests": 30, "good_requests": 60,
                                     "good_p99_baseline_ms": round(p99(baseline) * 1000, 1),
                                     "good_p99_under_bad_ms": round(p99(loaded) * 1000, 1),
                                     "good_p99_under_valid_20mb_images_ms": round(p99(control) * 1000, 1),
@@ -128,7 +129,7 @@ def test_body_limit_is_on_without_any_config(embedding_server):
                    json={"model": embedding_server.model, "input": big})
     assert r.status_code == 413, r.text[:300]
     assert "limit of 67108864" in r.json()["error"]["message"]
-    _record("body_limit", {"status": r.status_code, "message": r.json()["error"]["message"][:160]})
+    record("body_limit", {"status": r.status_code, "message": r.json()["error"]["message"][:160]})
     ok = httpx.post(embedding_server.base_url + "/embeddings", timeout=60,
                     json={"model": embedding_server.model, "input": "still serving"})
     assert ok.status_code == 200

@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from test_hardening import PeakRSS
+from test_hardening import PeakRSS, record
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,11 +38,7 @@ SCORE_TOL = 1e-5
 
 
 def _record(key: str, value) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[key] = value
-    REPORT.write_text(json.dumps(data, indent=2))
-    print(f"LONG-VIDEOS {key}: {json.dumps(value)}")
+    record(key, value, report=REPORT, tag="LONG-VIDEOS")
 
 
 @contextlib.contextmanager

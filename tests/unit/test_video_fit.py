@@ -145,7 +145,7 @@ def test_header_round_trip():
 def _asgi_app(report):
     async def app(scope, receive, send):
         if report is not None:  # what the renderer hook does for a prompt with a video
-            H._deliver({H._KEY: report, "type": "multimodal"}, {"prompt": "p"})
+            H._deliver({H._KEY: report, "type": "multimodal"}, {"prompt": "p", "multi_modal_data": {}})
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b"{}"})
     return app
@@ -172,12 +172,15 @@ def test_collecting_receives_reports_from_other_threads():
     """The offline engine renders on a thread pool, which drops context variables."""
     from concurrent.futures import ThreadPoolExecutor
 
+    media = [{"video": [i]} for i in range(3)]
     with H.collecting("refuse") as reports:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda i: H._deliver({H._KEY: {"frames": [(i, 9)], "prompt_tokens": i}},
-                                               {"prompt": f"p{i}"}), range(3)))
+                                               {"prompt": "same text", "multi_modal_data": media[i]}),
+                          range(3)))
             assert pool.submit(H._current_mode).result() == "refuse"
-    assert sorted(r["prompt"] for r in reports) == ["p0", "p1", "p2"]
+    by_id = {r["data_id"]: r["frames"] for r in reports}
+    assert by_id == {id(media[i]): [(i, 9)] for i in range(3)}  # each report names its own media
     assert H._current_mode() == F.mode(None)
 
 
