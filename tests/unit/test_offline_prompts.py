@@ -1,0 +1,120 @@
+"""The offline API's prompt building without an engine: token-id prompts, media ids, the direct
+template render and its fallback. The engine-facing half is covered by the offline parity tests
+(tests/integration/test_offline.py, test_rerank_offline.py) against the independent reference."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cases import noise_image  # noqa: E402
+
+from qwen3vl_vllm.inputs import DEFAULT_SETTINGS  # noqa: E402
+from qwen3vl_vllm.offline import Qwen3VLEmbedder, Qwen3VLReranker  # noqa: E402
+from qwen3vl_vllm.settings import chat_template_text  # noqa: E402
+from qwen3vl_vllm.sources import DEFAULT_POLICY  # noqa: E402
+
+WORDS = "cat dog chart invoice 日本語 émoji {{ }} {% raw %} <|im_end|> \\n tab\t end.".split(" ")
+
+
+def _shell(cls, ckpt: Path, max_model_len: int = 8192):
+    """An offline engine object with a real tokenizer and no vLLM engine behind it."""
+    from transformers import AutoTokenizer
+
+    obj = object.__new__(cls)
+    obj.settings, obj.policy = DEFAULT_SETTINGS, DEFAULT_POLICY
+    obj.tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    obj.template = chat_template_text(cls.kind)
+    obj._templates = {}
+    obj._special = dict(obj.tokenizer.special_tokens_map)
+    obj.max_length = 8192
+    obj.llm = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_model_len)))
+    return obj
+
+
+def _items(seed: int, n: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+        kind = rng.choice(["text", "image", "both", "instruction"])
+        if kind == "text":
+            out.append({"text": text})
+        elif kind == "image":
+            out.append({"image": noise_image(rng.randint(20, 200), rng.randint(20, 200), seed * 100 + i)})
+        elif kind == "both":
+            out.append({"text": text, "image": noise_image(64, 48, seed * 100 + i)})
+        else:
+            out.append({"text": text, "instruction": "Find the " + rng.choice(WORDS)})
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_embedding_prompts_are_the_template_render_tokenised(embedding_ckpt, seed):
+    from qwen3vl_vllm.inputs import embedding_conversation
+
+    model = _shell(Qwen3VLEmbedder, embedding_ckpt)
+    items = _items(seed, 24)
+    prompts = model.prompts(items)
+    for i, (item, p) in enumerate(zip(items, prompts)):
+        conv = embedding_conversation(item, index=i, settings=DEFAULT_SETTINGS)
+        text = model.tokenizer.apply_chat_template(conv, chat_template=model.template, tokenize=False,
+                                                   add_generation_prompt=True)
+        assert p["prompt"] == text, i
+        assert p["prompt_token_ids"] == model.tokenizer(text, add_special_tokens=False)["input_ids"], i
+        has_image = "image" in item
+        assert ("multi_modal_data" in p) == has_image
+        if has_image:
+            assert len(p["multi_modal_uuids"]["image"]) == len(p["multi_modal_data"]["image"]) == 1
+            assert p["mm_processor_kwargs"] == {"do_resize": False}
+
+
+def test_media_ids_are_unique_per_item_and_per_call(embedding_ckpt):
+    model = _shell(Qwen3VLEmbedder, embedding_ckpt)
+    img = noise_image(64, 64, 1)
+    items = [{"image": img}, {"image": img}, {"text": "x", "image": [img, img]}]
+    first, second = model.prompts(items), model.prompts(items)
+    ids = [u for p in first + second for u in p["multi_modal_uuids"]["image"]]
+    assert len(ids) == len(set(ids)) == 8  # the same picture in two inputs or calls: new ids
+
+
+def test_rerank_query_media_share_one_id_across_pairs(reranker_ckpt):
+    model = _shell(Qwen3VLReranker, reranker_ckpt)
+    q = noise_image(96, 64, 7)
+    docs = [{"text": "a"}, {"image": noise_image(64, 64, 8)}, {"text": "b", "image": noise_image(32, 64, 9)}]
+    prompts = model.pair_prompts({"query": {"text": "find", "image": q}, "documents": docs})
+    query_ids = {p["multi_modal_uuids"]["image"][0] for p in prompts}
+    assert len(query_ids) == 1  # one id: vLLM encodes the query image once
+    doc_ids = [p["multi_modal_uuids"]["image"][1] for p in prompts[1:]]
+    assert len(set(doc_ids)) == 2 and not query_ids & set(doc_ids)
+    for p in prompts:  # the query's image first, then the document's, as the prompt orders them
+        assert p["multi_modal_data"]["image"][0] is prompts[0]["multi_modal_data"]["image"][0]
+    again = model.pair_prompts({"query": {"text": "find", "image": q}, "documents": docs})
+    assert again[0]["multi_modal_uuids"]["image"][0] not in query_ids  # a new call, new ids
+
+
+def test_direct_render_falls_back_to_transformers_when_it_differs(embedding_ckpt):
+    model = _shell(Qwen3VLEmbedder, embedding_ckpt)
+
+    class Wrong:
+        def render(self, **_):
+            return "not the template's output"
+
+    model._templates[model.template] = Wrong()
+    prompts = model.prompts([{"text": "hello"}, {"text": "world"}])
+    assert all("<|im_start|>assistant\n" in p["prompt"] for p in prompts)
+    assert "not the template" not in prompts[1]["prompt"]
+    assert model._templates[model.template] is None  # not tried again for this template
+
+
+def test_over_long_text_is_refused_by_name_before_the_engine(embedding_ckpt):
+    from qwen3vl_vllm.errors import InputError
+
+    model = _shell(Qwen3VLEmbedder, embedding_ckpt, max_model_len=40)
+    with pytest.raises(InputError, match=r"inputs\[1\].*longer than max_model_len=40"):
+        model.prompts([{"text": "short"}, {"text": "word " * 60}])
