@@ -13,6 +13,7 @@ this machine; nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata as md
 import json
@@ -34,6 +35,73 @@ import serving  # noqa: E402
 import workloads  # noqa: E402
 
 SIZING = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.25", "--max-num-seqs", "64"]
+
+
+# Offline rounds (alternating reference/vLLM, each on sets new to both) and, per workload, the
+# workload builds that make one round's input sets: sized so that a round takes long enough
+# for the quick run's ratios to hold within +-15 % (README "Performance").
+OFFLINE_ROUNDS = {"quick": 3, "full": 5}
+OFFLINE_PLAN = {
+    "quick": {"mixed": 2, "text-short": 8, "rerank-1x20": 3},
+    "full": {"mixed": 2, "text-short": 8, "text-long": 2, "images": 2, "screenshots": 2,
+             "video-frames": 4, "video-mp4": 4, "rerank-1x20": 3, "rerank-1x20-image-query": 2},
+}
+REAL_SHAPE_ROUNDS = 2  # 2B-shaped rows: ~2.5 s per 640x480 image per side on 2 cores
+
+
+def maker(name: str, index: int, builds: int, tmp: Path, *, parity_items: int | None = None):
+    """``make(k)``: round ``k``'s input sets of a workload, ``builds`` seeded draws of it (k = 0:
+    the parity set). Variants are offset per workload, so no two workloads share an item (a
+    text of text-short reused in mixed would be a prefix-cache hit)."""
+    def make(k: int) -> list:
+        calls = [workloads.build(name, tmp, variant=1 + 100 * index + k * builds + j)[1]
+                 for j in range(1 if k == 0 else builds)]
+        if k == 0 and parity_items:
+            x = calls[0]
+            calls = [{**x, "documents": x["documents"][:parity_items]} if isinstance(x, dict)
+                     else x[:parity_items]]
+        return calls
+    return make
+
+
+def real_shape_offline(cache: Path, tmp: Path, peak: float) -> dict:
+    """The 2B-shaped bf16 checkpoints, reference vs vLLM offline: text (MFU of the language
+    model), 640x480 images and rerank 1x20 with image documents (MFU with the vision tower's
+    FLOPs), and the process's peak memory with both sides loaded."""
+    import os
+
+    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from serving import PeakMemory
+
+    kw = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True}
+    rows, out = [], {}
+    with PeakMemory(os.getpid()) as mem:
+        big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
+        plan = {"text-mfu": maker("text-mfu", 0, 1, tmp, parity_items=4),
+                "images-640": maker("images-640", 1, 1, tmp, parity_items=4)}
+        rows += [("embedding", big, r) for r in offline.embedding(big, plan, dtype="bfloat16", engine_kwargs=kw,
+                                                                 rounds=REAL_SHAPE_ROUNDS)]
+        big_rr = str(ensure_checkpoint(cache, kind="reranker", size="2b"))
+        plan = {"rerank-1x20-images": maker("rerank-1x20-images", 2, 1, tmp, parity_items=3)}
+        rows += [("reranker", big_rr, r) for r in offline.reranker(big_rr, plan, dtype="bfloat16",
+                                                                  engine_kwargs=kw, rounds=REAL_SHAPE_ROUNDS)]
+    w, h = workloads.spec("images-640")["sizes"][0]
+    out["offline"] = []
+    for kind, ckpt, r in rows:
+        if r.get("parity"):
+            flops = offline.workload_flops(ckpt, r["prompt_tokens"], [(w, h)] * r["images"])
+            r["gflop"] = flops / 1e9
+            for side in ("reference", "vllm"):
+                r[side]["mfu"] = flops / r[side]["seconds"] / 1e9 / peak
+        r["peak_rss_gib"] = mem.peak / 2 ** 30
+        out["offline"].append({"model": "2B-shaped", **r})
+    text = next((r for _, _, r in rows if r["workload"] == "text-mfu"), {})
+    gflop_tok = offline.text_flops_per_token(big) / 1e9
+    tok_s = text.get("vllm", {}).get("tokens_per_s", float("nan"))
+    out["mfu"] = {"model": "2B-shaped", "dtype": "bfloat16", "workload": "text-mfu", "tokens_per_s": tok_s,
+                  "gflop_per_token": gflop_tok, "achieved_gflops": tok_s * gflop_tok, "peak_gflops": peak,
+                  "mfu": tok_s * gflop_tok / peak}
+    return out
 
 
 def machine() -> dict:
@@ -131,42 +199,110 @@ def serve_levels(server, label, endpoint, mode, workload, make_sender, items, le
             "peak_mib": mem.peak_mib, "levels": results}
 
 
-def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, n_requests: int, concurrency: int,
+@contextlib.contextmanager
+def paused(server):
+    """SIGSTOP a server's whole process group (API server, engine core, worker) and SIGCONT it
+    afterwards: on 2 cores, the idle server of a side-by-side pair otherwise polls and takes
+    CPU from the one being measured, whichever it is (per-round ratios then spread 0.74-1.35)."""
+    import signal
+
+    pgid = os.getpgid(server.proc.pid)
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+        time.sleep(0.2)
+
+
+def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, requests: dict[str, int], concurrency: int,
                     first_variant: int, tmp: Path) -> dict:
     """Plugin-configured server vs plain vLLM with the equivalent hand-written flags.
 
     Both servers run side by side and are measured in alternating rounds (ABBA order) on the
-    same requests, each new to both, so drift on a shared machine hits both equally.
+    same requests, each new to both, so drift on a shared machine hits both equally. One row
+    per workload: per-round ratios, their median and range.
     """
+    from offline import summary
     from qwen3vl_vllm.launcher import ServerProcess, free_port
 
     port = free_port()
     plain_env = dict(server_env(), VLLM_PLUGINS="__none__")
-    rows = []
+    names = list(requests)
+    rows = {n: [] for n in names}
     with ServerProcess(ckpt, extra_args=SIZING, env=server_env(), log_path=logs / "overhead-plugin.log") as plug, \
             ServerProcess(ckpt, port=port, env=plain_env, log_path=logs / "overhead-plain.log",
                           full_args=plain_args("embedding", ckpt, port)) as plain:
         model_plug, model_plain = served_model(plug.base_url), served_model(plain.base_url)
         for r in range(rounds):
-            items = distinct("mixed", n_requests, first_variant=first_variant + 10 * r, tmp=tmp)
-            order = [("plugin", plug, model_plug), ("plain", plain, model_plain)]
-            if r % 2:
-                order.reverse()
-            got = {}
-            for name, srv, model in order:
-                lv = serving.level(serving.http_sender(srv.base_url, "/embeddings",
-                                                       embedding_bodies(items, model), 1),
-                                   n_requests=n_requests, concurrency=concurrency)
-                if lv["failed"]:
-                    raise RuntimeError(f"overhead round {r} {name}: {lv['failures'][:2]}")
-                got[name] = lv["requests_per_s"]
-            rows.append({"round": r, "plugin_rps": got["plugin"], "plain_rps": got["plain"],
-                         "ratio": got["plugin"] / got["plain"]})
-            print(f"[bench] overhead round {r}: plugin {got['plugin']:.1f} req/s, plain "
-                  f"{got['plain']:.1f} req/s, ratio {rows[-1]['ratio']:.3f}", flush=True)
-    ratios = sorted(x["ratio"] for x in rows)
-    return {"concurrency": concurrency, "requests_per_round": n_requests, "rounds": rows,
-            "ratio": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1]}
+            for w, name in enumerate(names):
+                n_requests = requests[name]
+                items = distinct(name, n_requests, first_variant=first_variant + 50 * r + 500 * w, tmp=tmp)
+                order = [("plugin", plug, model_plug), ("plain", plain, model_plain)]
+                if r % 2:
+                    order.reverse()
+                got = {}
+                warm = distinct(name, 16, first_variant=first_variant + 50 * r + 500 * w + 25, tmp=tmp)
+                for side, srv, model in order:
+                    other = plain if srv is plug else plug
+                    with paused(other):  # the idle server's processes cannot take a core
+                        # the same short burst first on each side: whatever the previous
+                        # measurement left behind is paid by both alike, outside the timer
+                        serving.level(serving.http_sender(srv.base_url, "/embeddings",
+                                                          embedding_bodies(warm, model), 1),
+                                      n_requests=len(warm), concurrency=concurrency)
+                        lv = serving.level(serving.http_sender(srv.base_url, "/embeddings",
+                                                               embedding_bodies(items, model), 1),
+                                           n_requests=n_requests, concurrency=concurrency)
+                    if lv["failed"]:
+                        raise RuntimeError(f"overhead round {r} {name} {side}: {lv['failures'][:2]}")
+                    got[side] = lv["requests_per_s"]
+                rows[name].append({"round": r, "first": order[0][0], "plugin_rps": got["plugin"],
+                                   "plain_rps": got["plain"], "ratio": got["plugin"] / got["plain"]})
+                print(f"[bench] overhead {name} round {r}: plugin {got['plugin']:.1f} req/s, plain "
+                      f"{got['plain']:.1f} req/s, ratio {rows[name][-1]['ratio']:.3f}", flush=True)
+    return {"concurrency": concurrency, "middleware_us_per_request": middleware_cost(),
+            "workloads": {n: {"requests_per_round": requests[n], "rounds": rows[n],
+                              **summary([x["ratio"] for x in rows[n]])} for n in names}}
+
+
+def middleware_cost(n: int = 20000) -> dict:
+    """Microseconds the plugin's ASGI middlewares (settings.MIDDLEWARES) add to one
+    /v1/embeddings request, measured around an app that answers at once."""
+    import asyncio
+    import importlib
+
+    from qwen3vl_vllm.settings import MIDDLEWARES
+
+    body = json.dumps({"model": "m", "input": "a short text to embed", "encoding_format": "base64"}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/embeddings",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        return None
+
+    stack = app
+    for path in reversed(MIDDLEWARES):
+        module, name = path.rsplit(".", 1)
+        stack = getattr(importlib.import_module(module), name)(stack)
+
+    async def run(target):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await target(dict(scope), receive, send)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    bare, wrapped = asyncio.run(run(app)), asyncio.run(run(stack))
+    return {"bare_app_us": bare, "with_middlewares_us": wrapped, "added_us": wrapped - bare,
+            "middlewares": list(MIDDLEWARES)}
 
 
 def vllm_bench(base_url: str, model: str, ckpt: str, out: Path, *, concurrency: int, num_prompts: int,
@@ -209,45 +345,36 @@ def main(argv=None) -> int:
     emb_ckpt = str(ensure_checkpoint(cache, kind="embedding", size="tiny"))
     rr_ckpt = str(ensure_checkpoint(cache, kind="reranker", size="tiny"))
     engine = {"enforce_eager": True, "gpu_memory_utilization": 0.25, "max_num_seqs": 64}
-    timed = 3 if args.full else 2  # timed sets per workload, each new to both sides
+    rounds = OFFLINE_ROUNDS[mode]
+    timed = 1000  # serving draws its sets from variants above the offline ones
 
-    def sets(name: str, n: int = timed) -> list:
-        return [workloads.build(name, tmp, variant=k)[1] for k in range(n + 1)]
-
-    # ---- offline: reference vs vLLM, same inputs, parity first
-    emb_names = (["mixed", "text-short", "text-long", "images", "screenshots", "video-frames", "video-mp4"]
-                 if args.full else ["mixed", "text-short"])
-    emb_work = {n: sets(n) for n in emb_names}
-    for r in offline.embedding(emb_ckpt, emb_work, dtype="float32", engine_kwargs=engine):
+    # ---- offline: reference vs vLLM, same inputs, parity first, alternating rounds
+    plan = OFFLINE_PLAN[mode]
+    emb = {n: maker(n, i, plan[n], tmp) for i, n in enumerate(plan) if workloads.spec(n)["kind"] == "embedding"}
+    rr = {n: maker(n, i, plan[n], tmp) for i, n in enumerate(plan) if workloads.spec(n)["kind"] == "reranker"}
+    for r in offline.embedding(emb_ckpt, emb, dtype="float32", engine_kwargs=engine, rounds=rounds):
         res["offline"].append({"model": "tiny", **r})
     print(f"[bench] offline embedding done ({time.monotonic() - t0:.0f}s)", flush=True)
-    res["offline"].append({"model": "tiny", "workload": "rerank-1x20",
-                           **offline.reranker(rr_ckpt, sets("rerank-1x20"), dtype="float32",
-                                              engine_kwargs=engine)})
+    for r in offline.reranker(rr_ckpt, rr, dtype="float32", engine_kwargs=engine, rounds=rounds,
+                              sharing=("rerank-1x20-image-query",)):
+        res["offline"].append({"model": "tiny", **r})
     print(f"[bench] offline reranker done ({time.monotonic() - t0:.0f}s)", flush=True)
 
-    # ---- near the physical limit: matmul peak and MFU of the text workload
+    # ---- near the physical limit: matmul peak and MFU (2B-shaped rows in --full)
     if args.full:
-        big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
-        # text only: no media profiling of the 24-layer vision tower at start-up (minutes on CPU)
-        r = offline.embedding(big, {"text-mfu": sets("text-mfu", 1)}, dtype="bfloat16",
-                              engine_kwargs={"gpu_memory_utilization": 0.35, "max_num_seqs": 32,
-                                             "enforce_eager": True, "max_num_batched_tokens": 4096,
-                                             "limit_mm_per_prompt": {"image": 0, "video": 0}})[0]
-        res["offline"].append({"model": "2B-shaped", **r})
-        if not r["parity"]:  # not timed: report it, --check fails the run
-            print(f"[bench] 2B-shaped bf16 parity failed (min cosine {r['parity_min_cosine']:.5f})", flush=True)
-            model_name, dtype, tok_s, ckpt_for_flops = "2B-shaped", "bfloat16", float("nan"), big
-        else:
-            model_name, dtype, tok_s, ckpt_for_flops = "2B-shaped", "bfloat16", r["vllm"]["tokens_per_s"], big
+        peak = offline.matmul_peak("bfloat16")
+        real = real_shape_offline(cache, tmp, peak)
+        res["offline"] += real["offline"]
+        res["mfu"] = real["mfu"]
+        print(f"[bench] 2B-shaped offline done ({time.monotonic() - t0:.0f}s)", flush=True)
     else:
         mfu = next(o for o in res["offline"] if o["workload"] == "text-short")
-        model_name, dtype, tok_s, ckpt_for_flops = "tiny", "float32", mfu["vllm"]["tokens_per_s"], emb_ckpt
-    peak = offline.matmul_peak(dtype)
-    gflop_tok = offline.text_flops_per_token(ckpt_for_flops) / 1e9
-    res["mfu"] = {"model": model_name, "dtype": dtype, "workload": "text-mfu" if args.full else "text-short",
-                  "tokens_per_s": tok_s, "gflop_per_token": gflop_tok, "achieved_gflops": tok_s * gflop_tok,
-                  "peak_gflops": peak, "mfu": tok_s * gflop_tok / peak}
+        peak = offline.matmul_peak("float32")
+        gflop_tok = offline.text_flops_per_token(emb_ckpt) / 1e9
+        tok_s = mfu["vllm"]["tokens_per_s"]
+        res["mfu"] = {"model": "tiny", "dtype": "float32", "workload": "text-short", "tokens_per_s": tok_s,
+                      "gflop_per_token": gflop_tok, "achieved_gflops": tok_s * gflop_tok,
+                      "peak_gflops": peak, "mfu": tok_s * gflop_tok / peak}
     print(f"[bench] MFU {res['mfu']['mfu']:.4f} ({time.monotonic() - t0:.0f}s)", flush=True)
 
     # ---- serving: every request carries items no earlier request carried (no cache answers)
@@ -279,9 +406,9 @@ def main(argv=None) -> int:
                              "note": "Same server, both sending prompts it has not seen: vLLM's random "
                                      "dataset (12 random tokens + the template's system prompt) vs our "
                                      "text-short bodies (6-18 words + the same system prompt)."}
-    res["plugin_overhead"] = plugin_overhead(emb_ckpt, logs, rounds=5 if args.full else 3,
-                                             n_requests=n_req, concurrency=16, first_variant=timed + 50,
-                                             tmp=tmp)
+    res["plugin_overhead"] = plugin_overhead(emb_ckpt, logs, rounds=7 if args.full else 3,
+                                             requests={"mixed": n_req, "text-short": 8 * n_req},
+                                             concurrency=16, first_variant=timed + 100, tmp=tmp)
     with ServerProcess(rr_ckpt, extra_args=SIZING, env=server_env(), log_path=logs / "plugin-reranker.log") as srv:
         model = served_model(srv.base_url)
         half = rr_n * len(rr_levels)

@@ -108,7 +108,9 @@ def build(name: str, tmp: Path, variant: int = 0) -> tuple[str, object]:
         pools = [build(p, tmp, variant)[1] for p in sp["parts"]]
         docs = [pools[i % len(pools)][i // len(pools) % len(pools[i % len(pools)])]
                 for i in range(sp["documents"])]
-        return kind, {"query": {"text": _text(rng, 6, 12)}, "documents": docs}
+        query = ({"image": _image(rng, 640, 480), "text": _text(rng, 4, 8)} if sp.get("query") == "image"
+                 else {"text": _text(rng, 6, 12)})
+        return kind, {"query": query, "documents": docs}
     raise SystemExit(f"workload {name}: unknown type {typ!r}")
 
 
