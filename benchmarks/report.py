@@ -55,7 +55,7 @@ def markdown(res: dict) -> str:
                           f"{q['ratio_max']:.2f}, {len(q['rounds'])} rounds; scores equal within {q['max_abs_diff']:.1e})."]
     if real:
         lines += ["", "## Real shape offline (2B-shaped bf16; MFU counts the language model and the vision tower)", "",
-                  "| workload | per round | GFLOP/round | reference | vLLM | vLLM / reference | peak RSS (both loaded) |",
+                  "| workload | per round | GFLOP/round | reference | vLLM | vLLM / reference | peak RSS (reference and engine loaded) |",
                   "|---|---|---|---|---|---|---|"]
         for o in real:
             unit, key, size = (("items/s", "items_per_s", o.get("items_per_round")) if "items" in o

@@ -75,27 +75,28 @@ def real_shape_offline(cache: Path, tmp: Path, peak: float) -> dict:
 
     kw = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True}
     rows, out = [], {}
+    big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
+    big_rr = str(ensure_checkpoint(cache, kind="reranker", size="2b"))
     with PeakMemory(os.getpid()) as mem:
-        big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
         plan = {"text-mfu": maker("text-mfu", 0, 1, tmp, parity_items=4),
                 "images-640": maker("images-640", 1, 1, tmp, parity_items=4)}
-        rows += [("embedding", big, r) for r in offline.embedding(big, plan, dtype="bfloat16", engine_kwargs=kw,
-                                                                 rounds=REAL_SHAPE_ROUNDS)]
-        big_rr = str(ensure_checkpoint(cache, kind="reranker", size="2b"))
+        found = offline.embedding(big, plan, dtype="bfloat16", engine_kwargs=kw, rounds=REAL_SHAPE_ROUNDS)
+    rows += [("embedding", big, r, mem.peak) for r in found]
+    with PeakMemory(os.getpid()) as mem:
         plan = {"rerank-1x20-images": maker("rerank-1x20-images", 2, 1, tmp, parity_items=3)}
-        rows += [("reranker", big_rr, r) for r in offline.reranker(big_rr, plan, dtype="bfloat16",
-                                                                  engine_kwargs=kw, rounds=REAL_SHAPE_ROUNDS)]
+        found = offline.reranker(big_rr, plan, dtype="bfloat16", engine_kwargs=kw, rounds=REAL_SHAPE_ROUNDS)
+    rows += [("reranker", big_rr, r, mem.peak) for r in found]
     w, h = workloads.spec("images-640")["sizes"][0]
     out["offline"] = []
-    for kind, ckpt, r in rows:
+    for kind, ckpt, r, peak_rss in rows:
         if r.get("parity"):
             flops = offline.workload_flops(ckpt, r["prompt_tokens"], [(w, h)] * r["images"])
             r["gflop"] = flops / 1e9
             for side in ("reference", "vllm"):
                 r[side]["mfu"] = flops / r[side]["seconds"] / 1e9 / peak
-        r["peak_rss_gib"] = mem.peak / 2 ** 30
+        r["peak_rss_gib"] = peak_rss / 2 ** 30
         out["offline"].append({"model": "2B-shaped", **r})
-    text = next((r for _, _, r in rows if r["workload"] == "text-mfu"), {})
+    text = next((r for _, _, r, _ in rows if r["workload"] == "text-mfu"), {})
     gflop_tok = offline.text_flops_per_token(big) / 1e9
     tok_s = text.get("vllm", {}).get("tokens_per_s", float("nan"))
     out["mfu"] = {"model": "2B-shaped", "dtype": "bfloat16", "workload": "text-mfu", "tokens_per_s": tok_s,
