@@ -129,7 +129,7 @@ class _Engine:
             elif part["type"] == "video":
                 n = len(data.setdefault("video", []))
                 clip, meta = fetch_video(part, f"{where}.video[{n}]", self.policy)
-                data["video"].append((clip.permute(0, 2, 3, 1).numpy(), vllm_video_metadata(meta)))
+                data["video"].append((clip.permute(0, 2, 3, 1).contiguous().numpy(), vllm_video_metadata(meta)))
         return data, {k: [f"{tag}.{k}{i}" for i in range(len(v))] for k, v in data.items()}
 
     def _media_all(self, jobs: list[tuple[list[dict], str, str]]) -> list[tuple[dict, dict]]:

@@ -196,7 +196,8 @@ def size_cpu_kv_cache(args: Any, model_config: Any) -> int | None:
         layers=int(text.num_hidden_layers), kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
         head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads),
         dtype_bytes=int(getattr(model_config.dtype, "itemsize", 4)),
-        max_num_batched_tokens=int(getattr(args, "max_num_batched_tokens", None) or model_config.max_model_len))
+        max_num_batched_tokens=int(getattr(args, "max_num_batched_tokens", None) or model_config.max_model_len),
+        max_model_len=int(model_config.max_model_len))
     args.kv_cache_memory_bytes = kv
     return kv
 

@@ -167,17 +167,22 @@ def cpu_reserved_cores(usable_cores: int) -> int | None:
     return 0 if usable_cores <= SMALL_BOX_CORES else None
 
 
+KV_BLOCK_HEADROOM = 512  # tokens: vLLM rounds a prompt up to whole KV blocks
+
+
 def cpu_kv_cache_bytes(*, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int,
-                       max_num_batched_tokens: int) -> int:
-    """KV cache bytes for ``CPU_KV_BUDGETS`` full token budgets, rounded up to whole GiB.
+                       max_num_batched_tokens: int, max_model_len: int = 0) -> int:
+    """KV cache bytes for ``CPU_KV_BUDGETS`` full token budgets, and never less than one whole
+    prompt of ``max_model_len`` (vLLM refuses to start otherwise: a small
+    ``max_num_batched_tokens`` chunks a prompt, it does not shorten it), rounded up to whole GiB.
 
     >>> cpu_kv_cache_bytes(layers=28, kv_heads=8, head_dim=128, dtype_bytes=2,
     ...                    max_num_batched_tokens=8192) // GIB   # Qwen3-VL-2B, bf16
     2
     """
     per_token = 2 * layers * kv_heads * head_dim * dtype_bytes  # keys and values
-    need = CPU_KV_BUDGETS * max_num_batched_tokens * per_token
-    return max(1, -(-need // GIB)) * GIB
+    tokens = max(CPU_KV_BUDGETS * max_num_batched_tokens, max_model_len + KV_BLOCK_HEADROOM)
+    return max(1, -(-(tokens * per_token) // GIB)) * GIB
 
 
 def image_tokens(width: int, height: int) -> int:

@@ -291,3 +291,14 @@ def test_cpu_kv_cache_user_choice_wins(cpu):
     cpu.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
     args = types.SimpleNamespace(kv_cache_memory_bytes=None, max_num_batched_tokens=8192)
     assert plugin.size_cpu_kv_cache(args, _model_config(28, 8, 128, 2)) is None
+
+
+@pytest.mark.parametrize("batched,max_len", [(4096, 10245), (1024, 8192), (2048, 32768)])
+def test_cpu_kv_cache_holds_one_whole_prompt_when_batches_are_small(cpu, batched, max_len):
+    # a small max_num_batched_tokens chunks a prompt; vLLM still needs room for max_model_len
+    # tokens at start-up (the 2B reranker, 10,245 tokens, refused 0.99 GiB with 4,096 batched)
+    args = types.SimpleNamespace(kv_cache_memory_bytes=None, max_num_batched_tokens=batched)
+    per_token = 2 * 28 * 8 * 128 * 2
+    got = plugin.size_cpu_kv_cache(args, _model_config(28, 8, 128, 2, max_len=max_len))
+    assert got >= max_len * per_token + 256 * per_token and got % 2**30 == 0
+    assert got >= 2 * batched * per_token
