@@ -73,7 +73,10 @@ def real_shape_offline(cache: Path, tmp: Path, peak: float) -> dict:
     from qwen3vl_vllm.checkpoint import ensure_checkpoint
     from serving import PeakMemory
 
-    kw = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True}
+    # an explicit KV cache: ./launch.sh exports VLLM_CPU_KVCACHE_SPACE=1 (GiB), which the plugin
+    # leaves alone as the user's choice, and the 2B reranker's 10,245-token prompt needs 1.1 GiB
+    kw = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True,
+          "kv_cache_memory_bytes": 3 * 2 ** 30}
     rows, out = [], {}
     big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
     big_rr = str(ensure_checkpoint(cache, kind="reranker", size="2b"))
