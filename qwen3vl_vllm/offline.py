@@ -46,7 +46,7 @@ PROGRESS_THRESHOLD = 256
 #   reranking 1x20 unseen pairs: 1.03 s -> 0.66 s per call.
 # - The engine runs in this process (uni-process executor): offline, nothing overlaps with it,
 #   and every step saved a round trip to the engine process. Measured here on 64 short texts
-#   per call: 0.71x -> 1.05x the reference's rate, and a tiny engine starts in 9 s, not 24 s.
+#   per call: 0.71x -> 1.05x the reference's rate.
 OFFLINE_ENV = {RESERVED_CPU_ENV: "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # Engine arguments for offline use, unless the user passes them:
 # - mm_device_do_normalize=False: the processor rescales and normalises pixels as the reference
@@ -135,8 +135,8 @@ class _Engine:
     def _media_all(self, jobs: list[tuple[list[dict], str, str]]) -> list[tuple[dict, dict]]:
         """``_multimodal`` for many inputs, on threads when more than one has images. Results
         (and the first error, by input order) come back in input order. Videos stay on this
-        thread: their clip resize is a torch op that already uses every core, and torch ops on
-        short-lived threads each start their own OpenMP team (mp4s: 1.2x -> 0.9x with threads)."""
+        thread: their clip resize is a torch op that already uses every core (the gain of
+        threads is PIL's resize, which releases the GIL and runs on one core)."""
         kinds = [{p["type"] for p in parts} for parts, _, _ in jobs]
         with_media = sum("image" in k for k in kinds)
         if with_media < 2 or MEDIA_THREADS < 2 or any("video" in k for k in kinds):
@@ -148,8 +148,8 @@ class _Engine:
 
     @staticmethod
     def _call_tag() -> str:
-        """A fresh prefix for media ids: unique per call, so no two calls share a cache entry
-        unless vLLM's content hash would have matched them too (it is never used)."""
+        """A fresh prefix for media ids, unique per call: vLLM's caches never give one call's
+        result to another, and no pixel is hashed to tell them apart."""
         import uuid
 
         return f"qwen3vl-{uuid.uuid4().hex}"
@@ -193,8 +193,12 @@ class _Engine:
         return self._templates[template]
 
     @staticmethod
-    def _engine_prompt(text: str, ids: list[int], data: dict, uuids: dict) -> dict:
-        prompt: dict = {"prompt_token_ids": ids, "prompt": text}
+    def _engine_prompt(text: str | None, ids: list[int], data: dict, uuids: dict) -> dict:
+        """A token-id prompt; ``text`` (the rendered chat, for reading) only when it is exactly
+        what the ids say."""
+        prompt: dict = {"prompt_token_ids": ids}
+        if text is not None:
+            prompt["prompt"] = text
         if data:
             prompt["multi_modal_data"] = data
             prompt["multi_modal_uuids"] = uuids
@@ -359,6 +363,7 @@ class Qwen3VLReranker(_Engine):
                                  "supported", "Shorten the texts or use fewer frames")
             special = set(self.tokenizer.all_special_ids)
             ids = truncate_pair_tokens(ids, special, self.max_length, extra_special=extra)
+            text = None  # the rendered text is no longer what the ids say
         return self._engine_prompt(text, ids, data, uuids)
 
     def process(self, inputs: Mapping[str, Any], *, return_metadata: bool = False):

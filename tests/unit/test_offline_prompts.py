@@ -118,3 +118,19 @@ def test_over_long_text_is_refused_by_name_before_the_engine(embedding_ckpt):
     model = _shell(Qwen3VLEmbedder, embedding_ckpt, max_model_len=40)
     with pytest.raises(InputError, match=r"inputs\[1\].*longer than max_model_len=40"):
         model.prompts([{"text": "short"}, {"text": "word " * 60}])
+
+
+def test_a_truncated_pair_carries_only_its_ids(reranker_ckpt):
+    from qwen3vl_vllm.truncation import RERANK_SUFFIX_TOKENS
+
+    docs = [{"text": "short"}, {"text": " ".join(["document"] * 200)}]
+    full = _shell(Qwen3VLReranker, reranker_ckpt).pair_prompts({"query": {"text": "q"}, "documents": docs})
+    model = _shell(Qwen3VLReranker, reranker_ckpt)
+    model.max_length = len(full[0]["prompt_token_ids"]) + 10  # the short pair fits, the long one not
+    short, cut = model.pair_prompts({"query": {"text": "q"}, "documents": docs})
+    assert short["prompt"] == full[0]["prompt"] and short["prompt_token_ids"] == full[0]["prompt_token_ids"]
+    assert "prompt" not in cut  # the rendered text would no longer match the ids
+    assert len(cut["prompt_token_ids"]) <= model.max_length + RERANK_SUFFIX_TOKENS
+    assert len(cut["prompt_token_ids"]) < len(full[1]["prompt_token_ids"])
+    tail = full[1]["prompt_token_ids"][-RERANK_SUFFIX_TOKENS:]
+    assert cut["prompt_token_ids"][-RERANK_SUFFIX_TOKENS:] == tail  # the answer suffix survives
