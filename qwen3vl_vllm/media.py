@@ -209,18 +209,24 @@ def _count_frames(data: bytes, where: str) -> tuple[int, float, int]:
 
 def _decode_indices(data: bytes, keep: set[int], where: str) -> tuple[dict[int, Any], int]:
     """Decode the whole stream once, converting and keeping only the frames in ``keep``:
-    memory holds one decoded frame plus the kept ones, whatever the video's length."""
+    memory holds one decoded frame plus the kept ones, whatever the video's length.
+
+    One reformatter converts every kept frame: ``frame.to_ndarray(format="rgb24")`` builds a
+    new swscale context per frame, which cost far more than decoding (a 12-frame 160x120 clip:
+    4.6 ms, 2.0 ms with one reformatter); the pixels are the same (unit-tested)."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     kept: dict[int, Any] = {}
     n = 0
+    rgb = VideoReformatter()
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = _open_stream(container, where)
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 if n in keep:
-                    kept[n] = frame.to_ndarray(format="rgb24")
+                    kept[n] = rgb.reformat(frame, format="rgb24").to_ndarray()
                 n += 1
     except MediaError:
         raise
@@ -295,11 +301,29 @@ def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: i
     return clip, metadata, n / max(total, 1e-6) * video_fps
 
 
+def _bicubic(clip, h: int, w: int):
+    """``torchvision F.resize(clip, [h, w], BICUBIC, antialias=True).float()``, the reference's
+    frame resize, with the same arithmetic but fewer passes over the frames for uint8 clips:
+    torchvision interpolates in float32, clamps, rounds, casts to uint8, and the reference casts
+    back to float32; the rounded float32 values are the same numbers (unit-tested equal).
+    """
+    import torch
+
+    if clip.dtype != torch.uint8:  # float64 would interpolate in float64: torchvision's own path
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        return F.resize(clip, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    frames = clip.float()
+    if tuple(clip.shape[-2:]) == (h, w):  # torchvision returns the clip untouched
+        return frames
+    out = torch.nn.functional.interpolate(frames, size=[h, w], mode="bicubic", align_corners=False,
+                                          antialias=True)
+    return out.clamp_(0, 255).round_()
+
+
 def _resize_clip(clip, *, total_pixels: float, min_pixels: float | None = None,
                  max_pixels: float | None = None, where: str = "video"):
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
-
     nframes, _, height, width = clip.shape
     min_px = VIDEO_FRAME_MIN_PIXELS if min_pixels is None else min_pixels
     budget = max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR), int(min_px * 1.05))
@@ -308,7 +332,7 @@ def _resize_clip(clip, *, total_pixels: float, min_pixels: float | None = None,
         h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_px, max_pixels=max_px)
     except ValueError as e:
         raise MediaError(where, str(e), "Crop the video to a less extreme shape") from None
-    return F.resize(clip, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    return _bicubic(clip, h, w)
 
 
 def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY):

@@ -73,6 +73,48 @@ def test_video_file_sampling_matches_qwen_vl_utils(tmp_path):
     _ = torch
 
 
+def test_clip_resize_equals_torchvision_bicubic():
+    """The reference resizes frames with torchvision (uint8 in, rounded, then float32): the
+    faster in-place path must give the same numbers, down, up and at the same size."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    rng = np.random.default_rng(12)
+    for case in range(60):
+        t, h, w = int(rng.integers(1, 9)), int(rng.integers(4, 260)), int(rng.integers(4, 260))
+        oh, ow = (h, w) if case % 10 == 0 else (int(rng.integers(1, 17)) * 32, int(rng.integers(1, 17)) * 32)
+        if case % 3:  # noise: the most values near a rounding boundary
+            arr = rng.integers(0, 256, (t, 3, h, w), dtype=np.uint8)
+        else:  # smooth gradients with hard edges: overshoot that must be clamped
+            arr = (np.indices((t, 3, h, w)).sum(0) * 37 % 256).astype(np.uint8)
+        clip = torch.from_numpy(arr)
+        want = F.resize(clip, [oh, ow], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+        got = M._bicubic(clip, oh, ow)
+        assert got.dtype == torch.float32 and got.shape == want.shape, case
+        assert torch.equal(got, want), (case, (t, h, w), (oh, ow), float((got - want).abs().max()))
+    floats = torch.rand(2, 3, 50, 70, dtype=torch.float64) * 255  # not uint8: torchvision's own path
+    want = F.resize(floats, [64, 96], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    assert torch.equal(M._bicubic(floats, 64, 96), want)
+
+
+@pytest.mark.parametrize("w,h,n", [(96, 64, 12), (160, 120, 30), (33 * 2, 17 * 2, 7)])
+def test_decoded_frames_equal_plain_pyav_conversion(tmp_path, w, h, n):
+    """read_video_file converts frames with one shared reformatter; the pixels must equal
+    PyAV's per-frame ``to_ndarray(format="rgb24")`` of the same frames."""
+    import av
+
+    from cases import write_mp4
+
+    path = write_mp4(tmp_path / "v.mp4", n=n, w=w, h=h, fps=4)
+    with av.open(str(path)) as container:
+        plain = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    clip, meta, _ = M.read_video_file(str(path), "v", fps=2.0, max_frames=64)
+    assert meta["total_num_frames"] == len(plain) == n
+    want = np.stack([plain[i] for i in meta["frames_indices"]])
+    assert np.array_equal(clip.permute(0, 2, 3, 1).numpy(), want)
+
+
 @pytest.mark.parametrize("src,fragment", [
     (b"\x89PNG\r\n\x1a\n\x00\x00garbage", "cannot decode image"),
     (b"", "empty"),
