@@ -25,7 +25,8 @@ CLIENTS_VENV="$ROOT/.venv-clients"
 CLIENTS_PKGS=("llama-index-embeddings-openai-like>=0.4" "numpy")
 
 export VLLM_HOST_IP="${VLLM_HOST_IP:-127.0.0.1}"
-export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+# No VLLM_CPU_KVCACHE_SPACE here: on CPU the plugin sizes the KV cache for the model served
+# (a fixed 1 GiB would stop the 2B reranker and the 8B models); the tiny configs set 1 GiB.
 export VLLM_CACHE_ROOT="${VLLM_CACHE_ROOT:-$ROOT/.cache/vllm}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"

@@ -64,28 +64,38 @@ def maker(name: str, index: int, builds: int, tmp: Path, *, parity_items: int | 
     return make
 
 
+@contextlib.contextmanager
+def env_without(name: str):
+    """``name`` removed from this process's environment for the block, then put back."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 def real_shape_offline(cache: Path, tmp: Path, peak: float) -> dict:
     """The 2B-shaped bf16 checkpoints, reference vs vLLM offline: text (MFU of the language
     model), 640x480 images and rerank 1x20 with image documents (MFU with the vision tower's
     FLOPs), and the process's peak memory with both sides loaded."""
-    import os
 
     from qwen3vl_vllm.checkpoint import ensure_checkpoint
     from serving import PeakMemory
 
-    # an explicit KV cache: ./launch.sh exports VLLM_CPU_KVCACHE_SPACE=1 (GiB), which the plugin
-    # leaves alone as the user's choice, and the 2B reranker's 10,245-token prompt needs 1.1 GiB
+    # an explicit KV cache (the 2B reranker's 10,245-token prompt needs 1.1 GiB), with
+    # VLLM_CPU_KVCACHE_SPACE unset while these engines start: vLLM lets it override this
     kw = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True,
           "kv_cache_memory_bytes": 3 * 2 ** 30}
     rows, out = [], {}
     big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
     big_rr = str(ensure_checkpoint(cache, kind="reranker", size="2b"))
-    with PeakMemory(os.getpid()) as mem:
+    with env_without("VLLM_CPU_KVCACHE_SPACE"), PeakMemory(os.getpid()) as mem:
         plan = {"text-mfu": maker("text-mfu", 0, 1, tmp, parity_items=4),
                 "images-640": maker("images-640", 1, 1, tmp, parity_items=4)}
         found = offline.embedding(big, plan, dtype="bfloat16", engine_kwargs=kw, rounds=REAL_SHAPE_ROUNDS)
     rows += [("embedding", big, r, mem.peak) for r in found]
-    with PeakMemory(os.getpid()) as mem:
+    with env_without("VLLM_CPU_KVCACHE_SPACE"), PeakMemory(os.getpid()) as mem:
         plan = {"rerank-1x20-images": maker("rerank-1x20-images", 2, 1, tmp, parity_items=3)}
         found = offline.reranker(big_rr, plan, dtype="bfloat16", engine_kwargs=kw, rounds=REAL_SHAPE_ROUNDS)
     rows += [("reranker", big_rr, r, mem.peak) for r in found]
@@ -142,7 +152,9 @@ def server_env() -> dict:
     from qwen3vl_vllm.launcher import vllm_env
     from qwen3vl_vllm.settings import RESERVED_CPU_ENV
 
-    return dict(vllm_env(), **{RESERVED_CPU_ENV: os.environ.get(RESERVED_CPU_ENV, "1")})
+    env = dict(vllm_env(), **{RESERVED_CPU_ENV: os.environ.get(RESERVED_CPU_ENV, "1")})
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # the plain server has no plugin to size it
+    return env
 
 
 def plain_args(kind: str, ckpt: str, port: int) -> list[str]:
@@ -348,7 +360,8 @@ def main(argv=None) -> int:
            "machine": machine(), "versions": versions(), "offline": [], "serving": []}
     emb_ckpt = str(ensure_checkpoint(cache, kind="embedding", size="tiny"))
     rr_ckpt = str(ensure_checkpoint(cache, kind="reranker", size="tiny"))
-    engine = {"enforce_eager": True, "gpu_memory_utilization": 0.25, "max_num_seqs": 64}
+    engine = {"enforce_eager": True, "gpu_memory_utilization": 0.25, "max_num_seqs": 64,
+              "kv_cache_memory_bytes": 2 ** 30}
     rounds = OFFLINE_ROUNDS[mode]
     timed = 1000  # serving draws its sets from variants above the offline ones
 

@@ -32,10 +32,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def vllm_env(cache_root: str | os.PathLike | None = None) -> dict:
-    """Environment for a vLLM child on these machines (SPEC §4)."""
+    """Environment for a vLLM child on these machines (SPEC §4).
+
+    It sets no ``VLLM_CPU_KVCACHE_SPACE``: vLLM lets that legacy variable override every other KV
+    cache setting, so a default here would replace the plugin's size for the served model (the
+    2B reranker's 10,245-token prompt needs 1.1 GiB in bf16). A config's ``cpu_kvcache_gib`` or
+    the user's own variable still applies."""
     env = dict(os.environ)
     env.setdefault("VLLM_HOST_IP", "127.0.0.1")
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")

@@ -128,3 +128,27 @@ def test_vllm_resolves_the_plugins_settings(tmp_path):
     assert config.is_matryoshka
     assert config.multimodal_config.mm_processor_kwargs == settings.mm_processor_kwargs()
     assert config.multimodal_config.media_io_kwargs == settings.media_io_kwargs()
+
+
+@pytest.mark.parametrize("name,expected", [("embedding-2b.yaml", None), ("reranker-2b.yaml", None),
+                                           ("embedding-8b.yaml", None), ("reranker-8b.yaml", None),
+                                           ("tiny-embedding-cpu.yaml", "1"), ("tiny-reranker-cpu.yaml", "1")])
+def test_launcher_leaves_the_kv_cache_to_the_plugin_unless_asked(monkeypatch, name, expected):
+    """vLLM lets VLLM_CPU_KVCACHE_SPACE override every other KV cache setting on CPU, so a
+    launcher default of 1 GiB stopped the 2B reranker (its 10,245-token prompt needs 1.1 GiB in
+    bf16): only a config's cpu_kvcache_gib or the user's own variable may set it."""
+    from pathlib import Path
+
+    from qwen3vl_vllm.config import load_config
+    from qwen3vl_vllm.launcher import server_env, vllm_env
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in vllm_env()
+    cfg = load_config(root / "configs" / name)
+    assert server_env(cfg).get("VLLM_CPU_KVCACHE_SPACE") == expected
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    assert server_env(cfg)["VLLM_CPU_KVCACHE_SPACE"] == (expected or "7")
+    exported = [ln for ln in (root / "launch.sh").read_text().splitlines()
+                if ln.lstrip().startswith("export") and "VLLM_CPU_KVCACHE_SPACE" in ln]
+    assert exported == [], exported
