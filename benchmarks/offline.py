@@ -12,7 +12,13 @@ import numpy as np
 
 from workloads import count_images
 
-PARITY = {"float32": (0.9999, 1e-4), "bfloat16": (0.999, 2e-2)}
+# (min cosine of an embedding, max |score difference| of a reranker pair) between vLLM and the
+# reference in the same dtype. In bfloat16 both sides carry their own rounding error: on the
+# 2B-shaped reranker with 640x480 image documents (20 pairs, benchmarks/bf16_noise.py,
+# 2026-11-29) the bf16 reference differed from its own float32 run by up to 0.018 and vLLM bf16
+# from that float32 run by up to 0.017, so the two bf16 sides may differ by their sum (0.026
+# seen); the bound is twice the reference's own bf16 error. Identity is shown in float32.
+PARITY = {"float32": (0.9999, 1e-4), "bfloat16": (0.999, 4e-2)}
 
 
 def _rates(seconds: float, n: int, tokens: int, images: int, unit: str) -> dict:

@@ -152,3 +152,17 @@ def test_launcher_leaves_the_kv_cache_to_the_plugin_unless_asked(monkeypatch, na
     exported = [ln for ln in (root / "launch.sh").read_text().splitlines()
                 if ln.lstrip().startswith("export") and "VLLM_CPU_KVCACHE_SPACE" in ln]
     assert exported == [], exported
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_offline_engine_gets_the_served_chat_template(kind):
+    """vllm.LLM gets the same template file `vllm serve` gets from the launcher, unless the
+    user passes their own."""
+    from pathlib import Path
+
+    from qwen3vl_vllm.offline import _engine_kwargs
+
+    path = _engine_kwargs(kind, {})["chat_template"]
+    assert Path(path).read_text() == settings.chat_template_text(kind)
+    assert path == settings.chat_template_path(kind)
+    assert _engine_kwargs(kind, {"chat_template": "mine.jinja"})["chat_template"] == "mine.jinja"
