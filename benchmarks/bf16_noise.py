@@ -24,6 +24,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import qwen3vl_vllm.offline  # noqa: E402,F401  (exit guard)
+import offline  # noqa: E402
 import workloads  # noqa: E402
 
 
@@ -44,10 +45,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(ensure_checkpoint(ROOT / ".cache" / "checkpoints", kind="reranker", size="2b"))
     inputs = workloads.build(args.workload, out / "media", variant=args.variant)[1]
-    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM would let it override the size below
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM would let it override REAL_SHAPE_ENGINE's
     scores = {}
-    with Qwen3VLReranker(ckpt, dtype="bfloat16", enforce_eager=True, max_num_seqs=32,
-                         max_num_batched_tokens=4096, kv_cache_memory_bytes=3 * 2 ** 30) as model:
+    with Qwen3VLReranker(ckpt, dtype="bfloat16", **offline.REAL_SHAPE_ENGINE) as model:
         scores["vllm_bfloat16"] = [float(s) for s in model.process(inputs)]
     gc.collect()
     for dtype in ("bfloat16", "float32"):

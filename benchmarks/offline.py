@@ -20,6 +20,12 @@ from workloads import count_images
 # seen); the bound is twice the reference's own bf16 error. Identity is shown in float32.
 PARITY = {"float32": (0.9999, 1e-4), "bfloat16": (0.999, 4e-2)}
 
+# engine settings of the 2B-shaped bf16 rows (run.real_shape_offline, bf16_noise.py): an explicit
+# KV cache, as the 2B reranker's 10,245-token prompt needs 1.1 GiB; start these engines without
+# VLLM_CPU_KVCACHE_SPACE in the environment, which vLLM lets override it
+REAL_SHAPE_ENGINE = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True,
+                     "kv_cache_memory_bytes": 3 * 2 ** 30}
+
 
 def _rates(seconds: float, n: int, tokens: int, images: int, unit: str) -> dict:
     out = {"seconds": seconds, unit: n / seconds, "tokens_per_s": tokens / seconds}

@@ -83,10 +83,7 @@ def real_shape_offline(cache: Path, tmp: Path, peak: float) -> dict:
     from qwen3vl_vllm.checkpoint import ensure_checkpoint
     from serving import PeakMemory
 
-    # an explicit KV cache (the 2B reranker's 10,245-token prompt needs 1.1 GiB), with
-    # VLLM_CPU_KVCACHE_SPACE unset while these engines start: vLLM lets it override this
-    kw = {"max_num_seqs": 32, "max_num_batched_tokens": 4096, "enforce_eager": True,
-          "kv_cache_memory_bytes": 3 * 2 ** 30}
+    kw = offline.REAL_SHAPE_ENGINE
     rows, out = [], {}
     big = str(ensure_checkpoint(cache, kind="embedding", size="2b"))
     big_rr = str(ensure_checkpoint(cache, kind="reranker", size="2b"))
