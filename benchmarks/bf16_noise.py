@@ -23,7 +23,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import qwen3vl_vllm.offline  # noqa: E402,F401  (exit guard)
 import offline  # noqa: E402
 import workloads  # noqa: E402
 

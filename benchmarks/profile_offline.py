@@ -26,7 +26,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import qwen3vl_vllm.offline  # noqa: E402,F401  (exit guard)
 import workloads  # noqa: E402
 
 # stage -> substrings of a frame ("function (file:line)"); first match from the leaf upwards wins

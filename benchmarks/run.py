@@ -28,7 +28,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import qwen3vl_vllm.offline  # noqa: E402,F401  (exit guard records sys.exit codes)
 import offline  # noqa: E402
 import report  # noqa: E402
 import serving  # noqa: E402

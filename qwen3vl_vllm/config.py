@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .budget import DEFAULT_IN_FLIGHT, DEFAULT_REQUEST_BYTES, DEFAULT_SECONDS
 from .inputs import DEFAULT_SETTINGS
 from .server_policy import DEFAULT_MAX_BODY_BYTES
 from .settings import KEEP_ALIVE_S
@@ -58,6 +59,11 @@ class MediaConfig:
     local_media_dir: str | None = None
     remote_fetch: bool = False
     allowed_domains: tuple[str, ...] = ()
+    # decode limits (see ``budget``): decoded bytes per request, held by the whole API server
+    # process at once, and decode time per request; 0 = no limit
+    max_decoded_bytes_per_request: int = DEFAULT_REQUEST_BYTES
+    max_decoded_bytes_in_flight: int = DEFAULT_IN_FLIGHT
+    max_decode_seconds: float = DEFAULT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ CHOICES = {
     "dtype": ("auto", "bfloat16", "float16", "float32"),
     "server.video_fit": VIDEO_FIT_MODES,
 }
+NON_NEGATIVE = {"media.max_decoded_bytes_per_request", "media.max_decoded_bytes_in_flight",
+                "media.max_decode_seconds"}
 POSITIVE = {"server.port", "server.max_request_bytes", "server.keep_alive_s", "media.min_pixels",
             "media.max_pixels", "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",
             "parallel.data_parallel_size", "parallel.tensor_parallel_size",
@@ -198,6 +206,8 @@ def _build(cls: type, data: Any, prefix: str = ""):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
         if key in POSITIVE and value is not None and value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
+        if key in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{key}: must be >= 0 (0: no limit), got {value}")
         values[f.name] = value
     return cls(**values)
 

@@ -66,7 +66,9 @@ BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "rera
 from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV  # noqa: E402  (light: no vLLM import)
 from .server_policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
 from .video_fit import DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV  # noqa: E402  (light: no vLLM import)
-from .settings import KEEP_ALIVE_ENV, MIDDLEWARES  # noqa: E402  (light module: no vLLM import)
+from .settings import (KEEP_ALIVE_ENV, MIDDLEWARES, REMOTE_MEDIA_ENV,  # noqa: E402  (light: no vLLM import)
+                       REMOTE_OFF_DOMAIN)
+from .budget import IN_FLIGHT_ENV, REQUEST_BYTES_ENV, SECONDS_ENV  # noqa: E402  (light: no vLLM import)
 
 
 def resolve_model(model: str, *, build: bool, root: str | os.PathLike = ".cache") -> str:
@@ -124,7 +126,7 @@ def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
     """
     import json
 
-    from .settings import chat_template_path
+    from .settings import chat_template_text
 
     kind = resolve_kind(cfg, model)
     d = engine_kwargs(cfg, model)
@@ -138,7 +140,6 @@ def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
             "--runner", d["runner"], "--convert", d["convert"],
             "--pooler-config", j(d["pooler_config"]),
             "--hf-overrides", j(d["hf_overrides"]),
-            "--chat-template", chat_template_path(kind),
             "--mm-processor-kwargs", j(d["mm_processor_kwargs"]),
             "--media-io-kwargs", j(media_io),
             "--limit-mm-per-prompt", j(d["limit_mm_per_prompt"]),
@@ -149,13 +150,13 @@ def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
             "--data-parallel-size", str(cfg.parallel.data_parallel_size),
             "--tensor-parallel-size", str(cfg.parallel.tensor_parallel_size),
             "--api-server-count", str(cfg.parallel.api_server_count)]
+    if not plugin:  # with the plugin, it sets the template itself (no file: the text)
+        args += ["--chat-template", chat_template_text(kind)]
     if cfg.served_model_name:
         args += ["--served-model-name", cfg.served_model_name]
     if m.local_media_dir:
         args += ["--allowed-local-media-path", str(Path(m.local_media_dir).resolve())]
     if not m.remote_fetch:  # vLLM's own domain check, with a domain that cannot exist
-        from .server_errors import REMOTE_OFF_DOMAIN
-
         args += ["--allowed-media-domains", REMOTE_OFF_DOMAIN]
     elif m.allowed_domains:
         args += ["--allowed-media-domains", *m.allowed_domains]
@@ -183,9 +184,21 @@ def server_env(cfg, base: dict | None = None) -> dict:
     if cfg.server.raw_prompts:
         env[RAW_ENV] = "1"
     env[FIT_ENV] = cfg.server.video_fit
+    env.update(decode_limit_env(cfg))
+    env.pop(REMOTE_MEDIA_ENV, None)  # the config decides
+    if cfg.media.remote_fetch and not cfg.media.allowed_domains:
+        env[REMOTE_MEDIA_ENV] = "1"  # any public host (with domains, the flag lists them)
     if cfg.engine.cpu_kvcache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.engine.cpu_kvcache_gib)
     return env
+
+
+def decode_limit_env(cfg) -> dict[str, str]:
+    """The config's decode limits as the variables the server reads (``budget``)."""
+    m = cfg.media
+    return {REQUEST_BYTES_ENV: str(m.max_decoded_bytes_per_request),
+            IN_FLIGHT_ENV: str(m.max_decoded_bytes_in_flight),
+            SECONDS_ENV: f"{m.max_decode_seconds:g}"}
 
 
 def dry_run_command(cfg, model: str) -> str:
@@ -203,6 +216,9 @@ def dry_run_command(cfg, model: str) -> str:
         env.append(f"{RAW_ENV}=1")
     if cfg.server.video_fit != VIDEO_FIT_DEFAULT:
         env.append(f"{FIT_ENV}={cfg.server.video_fit}")
+    env += [f"{k}={v}" for k, v in decode_limit_env(cfg).items()]
+    if cfg.media.remote_fetch and not cfg.media.allowed_domains:
+        env.append(f"{REMOTE_MEDIA_ENV}=1")
     return " ".join(env + ["vllm", "serve"] + [shlex.quote(a) for a in vllm_args(cfg, model)])
 
 
@@ -210,7 +226,7 @@ class ServerProcess:
     def __init__(self, model: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
                  extra_args: Sequence[str] = (), log_path: str | os.PathLike | None = None,
                  env: dict | None = None, startup_timeout: float = 300.0,
-                 full_args: Sequence[str] | None = None):
+                 full_args: Sequence[str] | None = None, inherit_output: bool = False):
         self.full_args = list(full_args) if full_args is not None else None
         self.model = os.fspath(model)
         self.host = host
@@ -219,6 +235,7 @@ class ServerProcess:
         self.log_path = Path(log_path) if log_path else None
         self.env = env or vllm_env()
         self.startup_timeout = startup_timeout
+        self.inherit_output = inherit_output  # vLLM's log on our own stdout (the CLI), else none
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -239,8 +256,8 @@ class ServerProcess:
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log or subprocess.DEVNULL,
+        out = self._log or (None if self.inherit_output else subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -315,7 +332,8 @@ def run_config(cfg, model: str, *, log=print) -> int:
     import signal as _signal
 
     server = ServerProcess(model, host=cfg.server.host, port=cfg.server.port,
-                           env=server_env(cfg), full_args=vllm_args(cfg, model))
+                           env=server_env(cfg), full_args=vllm_args(cfg, model),
+                           inherit_output=True)
     stop = {"requested": False}
 
     def on_signal(signum, frame):  # noqa: ARG001

@@ -37,6 +37,7 @@ from typing import Any
 
 from .errors import MediaError
 from .inputs import DEFAULT_SETTINGS, FRAME_LIST_FPS, IMAGE_FACTOR
+from .budget import REQUEST_BYTES_ENV, DecodeBudget, DecodeLimitError, image_bytes
 from .sources import DEFAULT_POLICY, FORMAT_HINT, MediaPolicy, source_bytes
 
 MAX_RATIO = 200
@@ -81,6 +82,8 @@ def to_rgb(image):
     """qwen-vl-utils' conversion: RGBA on white; every other mode via convert('RGB')."""
     from PIL import Image
 
+    if image.mode == "RGB":
+        return image  # convert("RGB") would only copy it
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.split()[3])
@@ -89,14 +92,17 @@ def to_rgb(image):
 
 
 def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,
-               opener=None):
+               opener=None, budget: DecodeBudget | None = None):
     """Any supported image source -> a fully decoded RGB ``PIL.Image``.
 
     ``opener`` (file object -> unloaded ``PIL.Image``) replaces ``PIL.Image.open`` for encoded
     bytes; the server's media connector passes vLLM's format allow-list and pixel cap.
+    ``budget`` is charged the decoded pixels from the header, before anything is decoded (see
+    ``budget``); the RGB copy is held from its pool and the original credited once converted.
     """
     from PIL import Image, UnidentifiedImageError
 
+    charged = 0
     if isinstance(src, Image.Image):
         image = src
     elif hasattr(src, "ndim") and hasattr(src, "dtype"):
@@ -111,6 +117,9 @@ def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POL
             raise MediaError(where, "image data is empty (0 bytes)", FORMAT_HINT)
         try:
             image = (opener or Image.open)(io.BytesIO(data))
+            if budget is not None:  # before a pixel is decoded
+                charged = image_bytes(image.mode, *image.size)
+                budget.charge(charged, where)
             image.load()
         except MediaError:
             raise
@@ -123,17 +132,29 @@ def load_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POL
         except (OSError, SyntaxError, ValueError) as e:
             raise MediaError(where, f"cannot decode image: {e}",
                              "The file looks corrupt or truncated. " + FORMAT_HINT) from None
+        if budget is not None and image_bytes(image.mode, *image.size) > charged:
+            # decoding may change the size or mode (ICO/ICNS pick a size, JPEG drafts): pay the rest
+            extra = image_bytes(image.mode, *image.size) - charged
+            budget.charge(extra, where)
+            charged += extra
     if image.width == 0 or image.height == 0:
         raise MediaError(where, f"image has zero size ({image.width}x{image.height})", FORMAT_HINT)
+    if budget is not None and image.mode != "RGB":
+        budget.hold(image_bytes("RGB", *image.size), where)
     try:
-        return to_rgb(image)
+        rgb = to_rgb(image)
     except Exception as e:  # noqa: BLE001
         raise MediaError(where, f"cannot convert image to RGB: {e}", FORMAT_HINT) from None
+    if budget is not None and rgb is not image:
+        budget.credit(charged)  # the decoded original is dropped when this returns
+    return rgb
 
 
 def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = IMAGE_FACTOR,
-                 where: str = "image"):
-    """Resize an RGB image to its reference size (PIL bicubic)."""
+                 where: str = "image", budget: DecodeBudget | None = None):
+    """Resize an RGB image to its reference size (PIL bicubic); one already at that size is
+    returned as it is (PIL would return a copy of the same pixels). With ``budget``, the copy is
+    held from its pool and the input credited (the caller drops it)."""
     from PIL import Image
 
     try:
@@ -141,15 +162,32 @@ def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = I
                             max_pixels=max_pixels)
     except ValueError as e:
         raise MediaError(where, str(e), "Crop or pad the image to a less extreme shape") from None
-    return image.resize((w, h), Image.Resampling.BICUBIC)
+    if (w, h) == image.size:
+        return image
+    if budget is not None:
+        budget.hold(image_bytes("RGB", w, h), where)
+    out = image.resize((w, h), Image.Resampling.BICUBIC)
+    if budget is not None:
+        budget.credit(image_bytes(image.mode, *image.size))
+    return out
 
 
-def fetch_image(part: dict, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY):
+def prepare_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,
+                  min_pixels: float, max_pixels: float, opener=None,
+                  budget: DecodeBudget | None = None):
+    """An image source -> the RGB image the reference model sees (load, RGB rule, resize)."""
+    image = load_image(src, where, policy, opener=opener, budget=budget)
+    return resize_image(image, min_pixels=min_pixels, max_pixels=max_pixels, where=where,
+                        budget=budget)
+
+
+def fetch_image(part: dict, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,
+                budget: DecodeBudget | None = None):
     """An image content part -> the RGB image the reference model sees."""
-    image = load_image(part["image"], where, policy)
-    return resize_image(image, min_pixels=part.get("min_pixels", IMAGE_MIN_TOKENS * IMAGE_FACTOR**2),
-                        max_pixels=part.get("max_pixels", IMAGE_MAX_TOKENS * IMAGE_FACTOR**2),
-                        where=where)
+    return prepare_image(part["image"], where, policy,
+                         min_pixels=part.get("min_pixels", IMAGE_MIN_TOKENS * IMAGE_FACTOR**2),
+                         max_pixels=part.get("max_pixels", IMAGE_MAX_TOKENS * IMAGE_FACTOR**2),
+                         budget=budget)
 
 
 # ---------------------------------------------------------------- video
@@ -170,10 +208,6 @@ def smart_nframes(total_frames: int, video_fps: float, *, fps: float, max_frames
     return n
 
 
-# Decoded frames a video may keep in memory at once (the sampled frames at their source size).
-MAX_DECODED_BYTES = 1024 * 1024 * 1024
-
-
 def _video_error(where: str, e: Exception) -> MediaError:
     return MediaError(where, f"cannot decode video: {type(e).__name__}: {e}",
                       "The file looks corrupt. Send an mp4/webm/mkv file, or its frames")
@@ -187,7 +221,8 @@ def _open_stream(container, where: str):
 
 def _count_frames(data: bytes, where: str) -> tuple[int, float, int]:
     """(frame count, fps, bytes per RGB frame) from the container, without decoding: the
-    stream's frame count when the container records one, else its packets counted."""
+    stream's frame count when the container records one, else its packets counted. The frame
+    size is the header's (a first estimate only: every decoded frame is measured itself)."""
     import av
 
     try:
@@ -207,9 +242,15 @@ def _count_frames(data: bytes, where: str) -> tuple[int, float, int]:
     return total, (float(rate) if rate else DEFAULT_SETTINGS.fps), frame_bytes
 
 
-def _decode_indices(data: bytes, keep: set[int], where: str) -> tuple[dict[int, Any], int]:
-    """Decode the whole stream once, converting and keeping only the frames in ``keep``:
-    memory holds one decoded frame plus the kept ones, whatever the video's length.
+def _decode_indices(data: bytes, keep: set[int], where: str, *, budget: DecodeBudget | None,
+                    convert=None, count: bool = True) -> tuple[dict[int, Any], int]:
+    """Decode the whole stream once, keeping only the frames in ``keep``: memory holds one
+    decoded frame plus the kept ones (``convert(rgb)`` of each, e.g. already resized), whatever
+    the video's length.
+
+    Every decoded frame is measured: a frame whose size differs from the first one (a
+    resolution change mid-stream, which the container header does not show) is refused. A kept
+    frame is charged to ``budget`` before it is converted; the decode time is checked per frame.
 
     One reformatter converts every kept frame: ``frame.to_ndarray(format="rgb24")`` builds a
     new swscale context per frame, which cost far more than decoding (all 12 frames of a 160x120
@@ -219,14 +260,32 @@ def _decode_indices(data: bytes, keep: set[int], where: str) -> tuple[dict[int, 
 
     kept: dict[int, Any] = {}
     n = 0
+    size = None
     rgb = VideoReformatter()
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = _open_stream(container, where)
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
+                if size is None:
+                    size = (frame.width, frame.height)
+                elif (frame.width, frame.height) != size:
+                    raise MediaError(where, f"the video's resolution changes mid-stream "
+                                     f"({size[0]}x{size[1]} -> {frame.width}x{frame.height} at "
+                                     f"frame {n})", "Re-encode it at one size (e.g. ffmpeg -i "
+                                     "in.mp4 -vf scale=W:H out.mp4)")
+                if budget is not None:
+                    budget.check_time(where)
                 if n in keep:
-                    kept[n] = rgb.reformat(frame, format="rgb24").to_ndarray()
+                    nbytes = frame.width * frame.height * 3
+                    if budget is not None:
+                        budget.charge(nbytes, where, count=count)
+                    array = rgb.reformat(frame, format="rgb24").to_ndarray()
+                    if convert is not None:
+                        array = convert(array)
+                        if budget is not None:
+                            budget.credit(nbytes)  # the RGB frame is dropped, its conversion kept
+                    kept[n] = array
                 n += 1
     except MediaError:
         raise
@@ -253,19 +312,34 @@ def check_video_bytes(data: bytes, where: str = "video") -> None:
     raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
 
 
+def _over_budget_early(budget: DecodeBudget | None, n: int, frame_bytes: int, where: str) -> None:
+    """Refuse before decoding when the header already says the sampled frames cannot fit."""
+    if budget is not None and budget.limit and n * frame_bytes > budget.limit - budget.used:
+        raise DecodeLimitError(where, f"its {n} sampled frames of {frame_bytes // 3} pixels need "
+                               f"{n * frame_bytes / 2**20:.0f} MiB decoded, above what this "
+                               f"request may still decode ({(budget.limit - budget.used) / 2**20:.0f}"
+                               f" MiB of {budget.limit / 2**20:.0f} MiB, {REQUEST_BYTES_ENV})",
+                               "Send a lower-resolution video, or fewer frames (fps or max_frames)")
+
+
 def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: int | None,
-                    policy: MediaPolicy = DEFAULT_POLICY, max_decoded_bytes: int = MAX_DECODED_BYTES):
+                    policy: MediaPolicy = DEFAULT_POLICY, budget: DecodeBudget | None = None,
+                    total_pixels: float | None = None, min_pixels: float | None = None,
+                    max_pixels: float | None = None):
     """Decode a video file and sample frames as qwen-vl-utils does, keeping only those frames.
 
     The frame count comes from the container (or its packets), the kept indices from
     qwen-vl-utils' rule (``smart_nframes``, ``linspace(0, n-1, k).round()``), and only those
     frames are converted and kept while the stream is decoded: an hour-long upload costs decode
-    time, not memory. Sampled frames that would exceed ``max_decoded_bytes`` are refused.
+    time (bounded by ``budget``), not memory.
 
-    Returns ``(frames, metadata, sample_fps)``: a uint8 torch tensor (T, C, H, W), the
-    metadata dict (fps, frames_indices, total_num_frames, video_backend) and the sampling fps.
+    Without ``total_pixels`` the kept frames stay as decoded (uint8); with it, each is resized
+    to the reference's clip size as soon as it is decoded (``clip_size``; float32, or uint8 when
+    already at that size), so no full-size copy of the clip is ever held.
+
+    Returns ``(frames, metadata, sample_fps)``: a torch tensor (T, C, H, W), the metadata dict
+    (fps, frames_indices, total_num_frames, video_backend) and the sampling fps.
     """
-    import numpy as np
     import torch
 
     data = source_bytes(src, where, policy)
@@ -274,31 +348,70 @@ def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: i
     total, video_fps, frame_bytes = _count_frames(data, where)
     if total <= 0:
         raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
-
-    def check(n_frames: int, nbytes: int) -> None:
-        if n_frames * nbytes > max_decoded_bytes:
-            raise MediaError(where, f"{n_frames} sampled frames of {nbytes // 3} pixels need "
-                             f"{n_frames * nbytes / 2**30:.1f} GiB decoded, above the "
-                             f"{max_decoded_bytes / 2**30:.1f} GiB limit",
-                             "Send a lower-resolution video, or fewer frames (fps or max_frames)")
-
-    for _ in range(2):  # a container whose frame count is off is decoded again with the real one
+    for attempt in range(2):  # a container whose frame count is off is decoded again with the real one
         n = smart_nframes(total, video_fps, fps=fps, max_frames=max_frames, where=where)
         idx = torch.linspace(0, total - 1, n).round().long().tolist()
-        check(n, frame_bytes)  # before decoding anything
-        kept, decoded = _decode_indices(data, set(idx), where)
+        if attempt == 0:
+            _over_budget_early(budget, n, frame_bytes, where)
+        resizer = None
+        if total_pixels is not None:
+            resizer = _FrameResizer(n, where, budget, total_pixels=total_pixels,
+                                    min_pixels=min_pixels, max_pixels=max_pixels)
+        kept, decoded = _decode_indices(data, set(idx), where, budget=budget, convert=resizer,
+                                        count=attempt == 0)
         if decoded == total:
             break
+        if resizer is not None:
+            resizer.drop()  # the first pass's frames
         total = decoded
         if total <= 0:
             raise MediaError(where, "video has zero decodable frames", "Send a non-empty video")
     else:
         raise MediaError(where, "the video's frame count changes between reads",
                          "Re-encode the video (e.g. ffmpeg -i in.mp4 out.mp4)")
-    clip = torch.from_numpy(np.stack([kept[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
+    if resizer is None:
+        clip = torch.stack([torch.from_numpy(kept[i]) for i in idx]).permute(0, 3, 1, 2).contiguous()
+    else:  # rows were written in decode order, which is the order of the (ascending) indices
+        clip = resizer.out[[kept[i] for i in idx]] if len(set(idx)) != len(idx) else resizer.out
     metadata = {"fps": video_fps, "frames_indices": idx, "total_num_frames": total,
                 "video_backend": "pyav"}
     return clip, metadata, n / max(total, 1e-6) * video_fps
+
+
+class _FrameResizer:
+    """HWC uint8 frames -> rows of one (T, C, h, w) clip at the reference's size (``clip_size``),
+    written in place as they are decoded: float32, or uint8 when the frames are already at that
+    size (the same values). No full-size copy of the clip, and no second copy at the end."""
+
+    def __init__(self, nframes: int, where: str, budget: DecodeBudget | None, **bounds):
+        self.nframes, self.where, self.budget, self.bounds = nframes, where, budget, bounds
+        self.out = None
+        self.rows = 0
+
+    def __call__(self, array) -> int:
+        import torch
+
+        height, width = array.shape[:2]
+        h, w = clip_size(self.nframes, height, width, where=self.where, **self.bounds)
+        same = (h, w) == (height, width)
+        if self.out is None:
+            if self.budget is not None:
+                self.budget.hold(self.nframes * h * w * 3 * (1 if same else 4), self.where)
+            # stored THWC (what vLLM takes), seen as TCHW: handing it to vLLM copies nothing
+            store = torch.empty((self.nframes, h, w, 3), dtype=torch.uint8 if same else torch.float32)
+            self.out = store.permute(0, 3, 1, 2)
+        row = self.rows
+        if same:
+            self.out[row] = torch.from_numpy(array).permute(2, 0, 1)
+        else:
+            self.out[row] = _bicubic_hwc(array, h, w, budget=self.budget, where=self.where)
+        self.rows += 1
+        return row
+
+    def drop(self) -> None:
+        if self.out is not None and self.budget is not None:
+            self.budget.credit(self.out.numel() * self.out.element_size())
+        self.out = None
 
 
 def _bicubic(clip, h: int, w: int):
@@ -322,20 +435,109 @@ def _bicubic(clip, h: int, w: int):
     return out.clamp_(0, 255).round_()
 
 
-def _resize_clip(clip, *, total_pixels: float, min_pixels: float | None = None,
-                 max_pixels: float | None = None, where: str = "video"):
-    nframes, _, height, width = clip.shape
+def _bicubic_hwc(array, h: int, w: int, *, budget: DecodeBudget | None = None,
+                 where: str = "video"):
+    """``_bicubic`` of one HxWx3 uint8 frame -> (3, h, w) float32, one colour plane at a time:
+    each plane is interpolated on its own in either case, so the numbers are the same
+    (unit-tested), and only one plane is ever held as float (an 8000x8000 frame: 256 MB, not
+    768 MB)."""
+    import numpy as np
+    import torch
+
+    out = torch.empty((3, h, w), dtype=torch.float32)
+    height, width = array.shape[:2]
+    for c in range(3):
+        if budget is not None:
+            budget.hold(height * width * 4, where)
+        plane = torch.from_numpy(np.ascontiguousarray(array[:, :, c])).float()[None, None]
+        out[c] = _bicubic_plane(plane, h, w)
+        del plane
+        if budget is not None:
+            budget.credit(height * width * 4)
+    return out
+
+
+def _bicubic_plane(plane, h: int, w: int):
+    import torch
+
+    if tuple(plane.shape[-2:]) == (h, w):
+        return plane[0, 0]
+    out = torch.nn.functional.interpolate(plane, size=[h, w], mode="bicubic", align_corners=False,
+                                          antialias=True)
+    return out.clamp_(0, 255).round_()[0, 0]
+
+
+def clip_size(nframes: int, height: int, width: int, *, total_pixels: float,
+              min_pixels: float | None = None, max_pixels: float | None = None,
+              where: str = "video") -> tuple[int, int]:
+    """(h, w) qwen-vl-utils resizes a clip of ``nframes`` frames of ``height`` x ``width`` to:
+    each frame within the per-frame bounds and the clip within ``total_pixels``."""
     min_px = VIDEO_FRAME_MIN_PIXELS if min_pixels is None else min_pixels
-    budget = max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR), int(min_px * 1.05))
-    max_px = min(budget, max_pixels) if max_pixels is not None else budget
+    per_frame = max(min(VIDEO_FRAME_MAX_PIXELS, total_pixels / nframes * FRAME_FACTOR), int(min_px * 1.05))
+    max_px = min(per_frame, max_pixels) if max_pixels is not None else per_frame
     try:
-        h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_px, max_pixels=max_px)
+        return smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_px, max_pixels=max_px)
     except ValueError as e:
         raise MediaError(where, str(e), "Crop the video to a less extreme shape") from None
-    return _bicubic(clip, h, w)
 
 
-def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY):
+def frame_list_clip(frames: list, where: str = "video", *, total_pixels: float, load=None,
+                    min_pixels: float | None = None, max_pixels: float | None = None,
+                    budget: DecodeBudget | None = None, policy: MediaPolicy = DEFAULT_POLICY,
+                    numbers: list[int] | None = None):
+    """A frame list -> ``(float32 tensor (T, C, H, W), metadata)`` as qwen-vl-utils prepares it:
+    each frame loaded and resized as an image (factor 64), the list padded to an even count by
+    repeating the last frame, the clip resized to the ``total_pixels`` budget.
+
+    Frames are handled one at a time (load, resize, clip-resize, drop), so memory holds one
+    decoded frame and the final clip, never the list at full size. ``load(frame, where)`` gives
+    an RGB image (default: ``load_image`` under ``policy``, charged to ``budget``). Errors name
+    a frame by its place in ``frames``, or by ``numbers[k]`` (its place in the list it was
+    sampled from).
+    """
+    import numpy as np
+    import torch
+
+    if load is None:
+        def load(frame, w):
+            return load_image(frame, w, policy, budget=budget)
+    if not frames:
+        raise MediaError(where, "a video given as frames has no frames",
+                         "Give at least one frame, or leave the video out")
+    n = math.ceil(len(frames) / FRAME_FACTOR) * FRAME_FACTOR
+    out = size = target = None
+    for k, frame in enumerate(frames):
+        w = f"{where}.frames[{k if numbers is None else numbers[k]}]"
+        image = resize_image(load(frame, w), min_pixels=IMAGE_MIN_TOKENS * FRAME_IMAGE_FACTOR**2,
+                             max_pixels=IMAGE_MAX_TOKENS * FRAME_IMAGE_FACTOR**2,
+                             factor=FRAME_IMAGE_FACTOR, where=w, budget=budget)
+        if size is None:
+            size = image.size
+            target = clip_size(n, image.height, image.width, total_pixels=total_pixels,
+                               min_pixels=min_pixels, max_pixels=max_pixels, where=where)
+            if budget is not None:
+                budget.hold(n * target[0] * target[1] * 3 * 4, where)  # the final clip
+            # stored THWC (what vLLM takes), seen as TCHW: handing it to vLLM copies nothing
+            out = torch.empty((n, *target, 3), dtype=torch.float32).permute(0, 3, 1, 2)
+        elif image.size != size:
+            raise MediaError(where, f"frames have different sizes after resizing ({size} and "
+                             f"{image.size} at frame {k})", "Give frames of one size")
+        if budget is not None:
+            budget.hold(image.width * image.height * 3, w)
+        array = np.asarray(image)
+        if budget is not None:
+            budget.credit(image_bytes(image.mode, *image.size))
+        del image  # only the HxWx3 array is left
+        out[k] = _bicubic_hwc(array, *target, budget=budget, where=w)
+        if budget is not None:
+            budget.credit(array.nbytes)
+        del array
+    out[len(frames):] = out[len(frames) - 1]
+    return out, {"fps": FRAME_LIST_FPS, "frames_indices": list(range(n)), "total_num_frames": n}
+
+
+def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY, *,
+                budget: DecodeBudget | None = None):
     """A video content part -> ``(float32 tensor (T, C, H, W), metadata)`` as the reference sees it."""
     import numpy as np
     import torch
@@ -345,30 +547,16 @@ def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_
         frames, metadata = video  # already decoded and sampled by the caller
         clip = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
         return clip.float(), dict(metadata)
+    bounds = {"total_pixels": part.get("total_pixels", DEFAULT_TOTAL_PIXELS),
+              "min_pixels": part.get("min_pixels"), "max_pixels": part.get("max_pixels")}
     if isinstance(video, (str, os.PathLike)):
         clip, metadata, _ = read_video_file(video, where, fps=part.get("fps", DEFAULT_SETTINGS.fps),
-                                            max_frames=part.get("max_frames"), policy=policy)
-    else:
-        if hasattr(video, "ndim"):
-            video = list(video)
-        images = []
-        for k, frame in enumerate(video):
-            img = load_image(frame, f"{where}.frames[{k}]", policy)
-            images.append(resize_image(img, min_pixels=IMAGE_MIN_TOKENS * FRAME_IMAGE_FACTOR**2,
-                                       max_pixels=IMAGE_MAX_TOKENS * FRAME_IMAGE_FACTOR**2,
-                                       factor=FRAME_IMAGE_FACTOR, where=f"{where}.frames[{k}]"))
-        if len({im.size for im in images}) > 1:
-            raise MediaError(where, "frames have different sizes after resizing "
-                             f"({sorted({im.size for im in images})})", "Give frames of one size")
-        n = math.ceil(len(images) / FRAME_FACTOR) * FRAME_FACTOR
-        images += [images[-1]] * (n - len(images))
-        clip = torch.stack([torch.from_numpy(np.array(im).transpose(2, 0, 1)) for im in images])
-        metadata = {"fps": FRAME_LIST_FPS, "frames_indices": list(range(n)),
-                    "total_num_frames": n}
-    clip = _resize_clip(clip, total_pixels=part.get("total_pixels", DEFAULT_TOTAL_PIXELS),
-                        min_pixels=part.get("min_pixels"), max_pixels=part.get("max_pixels"),
-                        where=where)
-    return clip, metadata
+                                            max_frames=part.get("max_frames"), policy=policy,
+                                            budget=budget, **bounds)
+        return clip.float(), metadata
+    if hasattr(video, "ndim"):
+        video = list(video)
+    return frame_list_clip(list(video), where, policy=policy, budget=budget, **bounds)
 
 
 def vllm_video_metadata(meta: dict) -> dict:

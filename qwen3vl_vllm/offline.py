@@ -33,10 +33,8 @@ from . import exitguard
 from . import video_fit as fitting
 from .video_fit_hook import collecting
 from .errors import InputError
-from .settings import (RESERVED_CPU_ENV, chat_template_path, chat_template_text, effective_engine_kwargs,
+from .settings import (RESERVED_CPU_ENV, chat_template_text, effective_engine_kwargs,
                        image_tokens)
-
-exitguard.record_exit_codes()  # before a script's `sys.exit(main())` looks sys.exit up
 
 PROGRESS_THRESHOLD = 256
 # Engine settings for offline use, each unless the user set it (environment variables, read
@@ -72,7 +70,7 @@ def _engine_kwargs(kind: str, user: dict, settings: MediaSettings = DEFAULT_SETT
     # the template `vllm serve` gets from the plugin: vLLM's own LLM.score()/chat() on this
     # engine then render as the reference does (and vLLM does not warn that a Qwen3 reranker
     # runs without one; this API renders its prompts itself and does not depend on it)
-    kw.setdefault("chat_template", chat_template_path(kind))
+    kw.setdefault("chat_template", chat_template_text(kind))  # literal text: no file to write
     if isinstance(kw["pooler_config"], dict):
         kw["pooler_config"] = PoolerConfig(**kw["pooler_config"])
     return kw

@@ -94,10 +94,13 @@ def apply_serve_defaults(args: Any) -> str | None:
         args.chat_template = chat_template_text(kind)
         logger.info("qwen3vl-vllm: %s checkpoint: the package's %s chat template", kind, kind)
     middleware = list(getattr(args, "middleware", None) or [])
-    missing = [m for m in MIDDLEWARES if m not in middleware]
-    if missing:
-        args.middleware = middleware + missing
-        logger.info("qwen3vl-vllm: middleware %s", ", ".join(missing))
+    # ours last, in their order, so the API key check is the outermost (nothing reads a body
+    # before it), even when the user listed some of them
+    ordered = [m for m in middleware if m not in MIDDLEWARES] + list(MIDDLEWARES)
+    if ordered != middleware:
+        args.middleware = ordered
+        logger.info("qwen3vl-vllm: middleware %s", ", ".join(MIDDLEWARES))
+    _log_server_policy(args)
     if MEDIA_CONNECTOR_ENV not in os.environ:
         # read by vLLM's chat/score parsers at each request (API server processes only)
         os.environ[MEDIA_CONNECTOR_ENV] = MEDIA_CONNECTOR
@@ -112,6 +115,29 @@ def apply_serve_defaults(args: Any) -> str | None:
         logger.info("qwen3vl-vllm: HTTP keep-alive %d s (outlives client pools; set %s to change)",
                     KEEP_ALIVE_S, KEEP_ALIVE_ENV)
     return kind
+
+
+def _log_server_policy(args: Any) -> None:
+    """Say at start-up what the server exposes: the key, where media may come from, the limits."""
+    from . import budget
+    from .settings import REMOTE_MEDIA_ENV, REMOTE_OFF_DOMAIN
+
+    keyed = bool(getattr(args, "api_key", None) or os.environ.get("VLLM_API_KEY"))
+    host = str(getattr(args, "host", None) or "0.0.0.0")
+    if not keyed and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("qwen3vl-vllm: listening on %s without an API key: anyone who reaches the "
+                       "port can use every route (set VLLM_API_KEY or --api-key)", host)
+    domains = [d for d in (getattr(args, "allowed_media_domains", None) or []) if d != REMOTE_OFF_DOMAIN]
+    remote = os.environ.get(REMOTE_MEDIA_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    urls = (f"only {', '.join(domains)}" if domains else "any public host" if remote
+            else f"off (set {REMOTE_MEDIA_ENV}=1 or --allowed-media-domains)")
+    local = getattr(args, "allowed_local_media_path", None) or "off (--allowed-local-media-path)"
+    lim = budget.limits()
+    logger.info("qwen3vl-vllm: media policy: API key %s; media URLs %s, never to private "
+                "addresses; local files %s; decode limits %s per request, %s s, %s in flight",
+                "required on every route" if keyed else "off", urls, local,
+                lim["request_bytes"] or "none", lim["seconds"] or "no limit",
+                lim["in_flight_bytes"] or "none")
 
 
 def _vllm_version() -> str:

@@ -5,7 +5,10 @@
   streams in when there is none; the body is never copied.
 - ``/rerank`` and ``/score`` requests that vLLM would answer oddly get 400: an empty query (it
   would score "NULL"), no documents, or ``top_n`` beyond the documents (vLLM silently returns
-  fewer). Only these paths are buffered, to read the JSON.
+  fewer). Only these paths (and SageMaker's ``/invocations``, which dispatches to them by the
+  body's shape) are buffered, to read the JSON.
+- Every POST is served inside its own decode budget (``budget.serving``): what its media may
+  decode, for how long, and its share of what the process may hold; released when it ends.
 
 Media policy is vLLM's own: ``--allowed-local-media-path`` for ``file://`` (symlinks and ``..``
 resolved) and ``--allowed-media-domains`` for URLs (``qwen3vl-vllm serve`` passes a domain that
@@ -19,6 +22,7 @@ import json
 import os
 
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
+INVOCATIONS = "/invocations"  # SageMaker: any request type, dispatched by the body's shape
 MAX_BODY_ENV = "QWEN3VL_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # on by default, for plain `vllm serve` too
 
@@ -67,8 +71,11 @@ def rerank_problem(body: bytes) -> str | None:
 
 class PolicyMiddleware:
     def __init__(self, app):
+        from . import budget
+
         self.app = app
         self.max_body = max_body_bytes()
+        self.decode_limits = budget.limits()
 
     def _too_large(self, size: int) -> str:
         return (f"request body is {size} bytes or more, above this server's limit of {self.max_body}. "
@@ -78,12 +85,18 @@ class PolicyMiddleware:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
+        from . import budget
+
+        with budget.serving(self.decode_limits):
+            await self._post(scope, receive, send)
+
+    async def _post(self, scope, receive, send):
         if self.max_body:
             for name, value in scope.get("headers", []):
                 if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                     await _reply(send, 413, self._too_large(int(value)))
                     return
-        if scope.get("path") in RERANK_PATHS:
+        if scope.get("path") in RERANK_PATHS or scope.get("path") == INVOCATIONS:
             chunks, size, more = [], 0, True
             while more:
                 message = await receive()

@@ -24,10 +24,14 @@ from .truncation import RERANK_MAX_MODEL_LEN
 KINDS = ("embedding", "reranker")
 TEMPLATES = Path(__file__).parent / "templates"
 
-# Server-side pieces the plugin adds to `vllm serve` through vLLM's --middleware option.
-MIDDLEWARES = ("qwen3vl_vllm.server_policy.PolicyMiddleware",
+# Server-side pieces the plugin adds to `vllm serve` through vLLM's --middleware option, after
+# any of the user's. Starlette puts each added middleware outside the ones before it, so the
+# last is the first to see a request: the API key (nothing is read before it), then the limits
+# and the request's decode budget, then error naming, then the video-frames header.
+MIDDLEWARES = ("qwen3vl_vllm.video_fit_hook.FramesHeaderMiddleware",
                "qwen3vl_vllm.server_errors.NameBadItemsMiddleware",
-               "qwen3vl_vllm.video_fit_hook.FramesHeaderMiddleware")
+               "qwen3vl_vllm.server_policy.PolicyMiddleware",
+               "qwen3vl_vllm.server_auth.ApiKeyMiddleware")
 # vLLM closes idle keep-alive connections after 5 s, exactly when httpx/openai pools expire them
 # (5 s), so a client can reuse a connection the server is closing that instant: ReadError on a
 # request that was never read (seen as 5 of 2,000 in CI). Servers must outlive client pools:
@@ -40,6 +44,14 @@ KEEP_ALIVE_S = 75
 MEDIA_CONNECTOR_ENV = "VLLM_MEDIA_CONNECTOR"
 MEDIA_CONNECTOR = "qwen3vl"
 VIDEO_LOADER = "qwen3vl"  # video files: ``video_loader`` (PyAV, reference sampling and size)
+# Where the server may take media from (``media_connector``): data URLs always; http(s) URLs only
+# when enabled (this variable, or --allowed-media-domains), public addresses only (the exact
+# origins listed in QWEN3VL_MEDIA_ALLOWED_ORIGINS excepted); file:// only inside
+# --allowed-local-media-path (vLLM's flag, off by default).
+REMOTE_MEDIA_ENV = "QWEN3VL_REMOTE_MEDIA"
+MEDIA_ORIGINS_ENV = "QWEN3VL_MEDIA_ALLOWED_ORIGINS"
+# the "no domain" the launcher gives plain vLLM (--allowed-media-domains) when fetches are off
+REMOTE_OFF_DOMAIN = "remote-fetch-is-off.invalid"
 # Bounded media per prompt (a reranker prompt holds the query and one document).
 LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
 ENGINE_FIELDS = ("runner", "convert", "pooler_config", "hf_overrides", "mm_processor_kwargs",
@@ -58,24 +70,6 @@ def chat_template_text(kind: str) -> str:
     for marker in ("DEFAULT_EMBED_INSTRUCTION", "DEFAULT_RERANK_INSTRUCTION", "RERANK_SYSTEM_PROMPT"):
         text = text.replace(f"@{marker}@", json.dumps(getattr(inputs, marker)))  # a Jinja string
     return text
-
-
-def chat_template_path(kind: str) -> str:
-    """A file holding ``chat_template_text(kind)`` (for ``--chat-template``), written once per
-    content under the temp folder; the name carries the content's hash."""
-    import hashlib
-    import os
-    import tempfile
-
-    text = chat_template_text(kind)
-    folder = Path(tempfile.gettempdir()) / "qwen3vl_vllm-templates"
-    path = folder / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jinja"
-    if not path.is_file() or path.read_text() != text:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # atomic: concurrent writers leave one whole file
-    return str(path)
 
 
 def mm_processor_kwargs(settings: MediaSettings = DEFAULT_SETTINGS) -> dict:

@@ -30,11 +30,19 @@ FORMAT_HINT = "Send a PNG, JPEG, WebP, BMP or GIF image as a path, URL, data URL
 class MediaPolicy:
     """What the loader may touch.
 
-    Local files are the caller's own and allowed (``local_root`` confines them). URLs are
-    fetched with a timeout, a size cap and at most ``max_redirects`` redirects, each checked:
-    only http(s), and never an address on this machine or its network (loopback, private,
-    link-local, reserved) unless ``allow_private_urls``. A service that forwards its users'
-    input dicts therefore cannot be turned into a proxy into its own network.
+    Local files are the caller's own and allowed (``local_root`` confines them): regular files
+    only (no devices, FIFOs or sockets), at most ``max_bytes``, the folder checked on the opened
+    file itself (a symlink swapped after a check cannot escape). URLs are fetched only over
+    http(s), from a host that resolves to public addresses only (``special_address``: loopback,
+    private, link-local, CGNAT, multicast, reserved, IPv4-mapped and NAT64 forms of those...),
+    connecting to the very address that was checked (no second DNS lookup), within
+    ``url_timeout`` seconds for the whole fetch (every redirect and byte), at most ``max_bytes``,
+    and through at most ``max_redirects`` redirects, each checked the same way.
+
+    ``allowed_origins`` (``"http://127.0.0.1:8080"``, exact scheme, host and port) may be
+    fetched even when private: a finer opt-in than ``allow_private_urls``, which switches the
+    address check off entirely. ``allowed_domains``, when set, is the only hosts that may be
+    fetched (every hop), as vLLM's ``--allowed-media-domains``.
     """
 
     allow_local_files: bool = True
@@ -44,38 +52,121 @@ class MediaPolicy:
     url_timeout: float = 10.0
     max_bytes: int = 256 * 1024 * 1024
     max_redirects: int = 5
+    allowed_origins: tuple[str, ...] = ()
+    allowed_domains: tuple[str, ...] = ()
 
 
 DEFAULT_POLICY = MediaPolicy()
 
 
+def _regular_file_bytes(path: str, where: str, *, root: str | None, max_bytes: int) -> bytes:
+    """A regular file's bytes, checked on the opened descriptor: its type, its size before
+    anything is read, and (with ``root``) the folder it really is in."""
+    import stat
 
-def _read_local(path: str, where: str, policy: MediaPolicy) -> bytes:
-    if not policy.allow_local_files:
-        raise MediaError(where, "reading local files is disabled", "Send the bytes or a data URL instead")
-    real = os.path.realpath(path)
-    if policy.local_root is not None:
-        root = os.path.realpath(policy.local_root)
-        if os.path.commonpath([root, real]) != root:
-            raise MediaError(where, f"path {path!r} is outside the allowed folder",
-                             "Move the file under the allowed folder or send its bytes")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        size = os.path.getsize(real)
-        if size > policy.max_bytes:
-            raise MediaError(where, f"file is {size} bytes, above the {policy.max_bytes} limit")
-        with open(real, "rb") as f:
-            return f.read()
+        fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO does not wait for a writer
     except FileNotFoundError:
         raise MediaError(where, f"file not found: {path!r}", "Check the path") from None
     except IsADirectoryError:
         raise MediaError(where, f"{path!r} is a directory, not a file") from None
     except PermissionError:
         raise MediaError(where, f"permission denied: {path!r}") from None
+    except OSError as e:
+        raise MediaError(where, f"cannot open {path!r}: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise MediaError(where, f"{path!r} is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise MediaError(where, f"{path!r} is not a regular file (a device, FIFO or socket)",
+                             "Give the path of an image or video file")
+        if root is not None:
+            real = _fd_path(fd, path)
+            top = os.path.realpath(root)
+            if os.path.commonpath([top, real]) != top:
+                raise MediaError(where, f"path {path!r} is outside the allowed folder",
+                                 "Move the file under the allowed folder or send its bytes")
+        if info.st_size > max_bytes:
+            raise MediaError(where, f"file is {info.st_size} bytes, above the {max_bytes} limit")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)  # a file that grew after fstat is still capped
+        if len(data) > max_bytes:
+            raise MediaError(where, f"file is larger than the {max_bytes} limit")
+        return data
+    finally:
+        os.close(fd)
 
 
-def check_url(url: str, where: str, policy: MediaPolicy) -> None:
-    """Refuse a URL the policy does not allow: a non-http(s) scheme, or (unless
-    ``allow_private_urls``) a host that resolves to a loopback/private/link-local address."""
+def _fd_path(fd: int, path: str) -> str:
+    """The real path of an open file: from the descriptor (Linux ``/proc``, macOS
+    ``F_GETPATH``), so a symlink swapped after the open cannot fool the check."""
+    proc = f"/proc/self/fd/{fd}"
+    if os.path.islink(proc):
+        return os.readlink(proc)
+    try:
+        import fcntl
+
+        if hasattr(fcntl, "F_GETPATH"):
+            return os.fsdecode(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0"))
+    except OSError:
+        pass
+    return os.path.realpath(path)
+
+
+def _read_local(path: str, where: str, policy: MediaPolicy) -> bytes:
+    if not policy.allow_local_files:
+        raise MediaError(where, "reading local files is disabled", "Send the bytes or a data URL instead")
+    return _regular_file_bytes(path, where, root=policy.local_root, max_bytes=policy.max_bytes)
+
+
+def read_local_file(path: str, where: str, *, root: str | None, max_bytes: int) -> bytes:
+    """A local media file under ``root`` (the server's ``--allowed-local-media-path``)."""
+    return _regular_file_bytes(path, where, root=root, max_bytes=max_bytes)
+
+
+_NAT64 = ("64:ff9b::/96", "64:ff9b:1::/48")
+
+
+def special_address(ip) -> bool:
+    """True for every address that is not a public unicast address: loopback, private,
+    link-local, CGNAT (100.64.0.0/10, where cloud metadata services live), multicast,
+    reserved, unspecified, documentation and benchmarking ranges, and IPv6 forms that carry such
+    an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4, Teredo).
+
+    >>> import ipaddress
+    >>> [special_address(ipaddress.ip_address(a)) for a in
+    ...  ("8.8.8.8", "100.100.100.200", "::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", "2001:4860::8888")]
+    [False, True, True, True, False]
+    """
+    import ipaddress
+
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and any(ip in ipaddress.ip_network(n) for n in _NAT64):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and special_address(embedded):
+            return True
+    return not ip.is_global or ip.is_multicast
+
+
+def _origin(parts) -> str:
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _allowed_origin(origin: str, policy: MediaPolicy) -> bool:
+    from urllib.parse import urlsplit
+
+    return any(_origin(urlsplit(o)) == origin for o in policy.allowed_origins)
+
+
+def check_url(url: str, where: str, policy: MediaPolicy) -> list[str]:
+    """Refuse a URL the policy does not allow; return the addresses to connect to (the ones
+    checked: the fetch uses them, never a second lookup). Refused: a non-http(s) scheme, a host
+    outside ``allowed_domains`` (when set), and (unless ``allow_private_urls`` or the URL's exact
+    origin is in ``allowed_origins``) a host that resolves to any special address."""
     import ipaddress
     import socket
     from urllib.parse import urlsplit
@@ -84,56 +175,44 @@ def check_url(url: str, where: str, policy: MediaPolicy) -> None:
     if parts.scheme not in ("http", "https"):
         raise MediaError(where, f"URL scheme {parts.scheme!r} is not allowed ({url})",
                          "Use an http(s) URL, or send the bytes or a data URL")
-    if not parts.hostname:
+    host = parts.hostname
+    if not host:
         raise MediaError(where, f"URL has no host: {url}")
-    if policy.allow_private_urls:
-        return
+    if policy.allowed_domains and host.lower() not in {d.lower() for d in policy.allowed_domains}:
+        raise MediaError(where, f"URL {url}: the host {host!r} is not one of the allowed domains "
+                         f"{list(policy.allowed_domains)}", "Send the bytes or a data URL")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as e:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
         raise MediaError(where, f"cannot resolve the host of {url}: {e}", "Check the URL") from None
+    addresses = []
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-                or ip.is_multicast or ip.is_unspecified):
+        text = info[4][0].split("%", 1)[0]
+        if text not in addresses:
+            addresses.append(text)
+    if policy.allow_private_urls or _allowed_origin(_origin(parts), policy):
+        return addresses
+    for text in addresses:
+        ip = ipaddress.ip_address(text)
+        if special_address(ip):
             raise MediaError(where, f"URL {url} points to {ip}, an address on this machine or its "
-                             "network; fetching it is refused",
-                             "Send the bytes or a data URL, or allow it with "
-                             "MediaPolicy(allow_private_urls=True)")
+                             "network (or another special-purpose range); fetching it is refused",
+                             "Send the bytes or a data URL, or allow its exact origin with "
+                             "MediaPolicy(allowed_origins=(...,))")
+    return addresses
 
 
 def _read_url(url: str, where: str, policy: MediaPolicy) -> bytes:
     if not policy.allow_remote:
         raise MediaError(where, "fetching remote URLs is disabled",
                          "Download the file yourself and send its bytes or a data URL")
-    import httpx
-    from urllib.parse import urljoin
+    from .fetch import FetchError, fetch
 
     try:
-        for _ in range(policy.max_redirects + 1):
-            check_url(url, where, policy)  # every hop, redirects included
-            with httpx.stream("GET", url, timeout=policy.url_timeout, follow_redirects=False) as r:
-                if r.is_redirect:
-                    url = urljoin(url, r.headers.get("location", ""))
-                    continue
-                r.raise_for_status()
-                chunks, total = [], 0
-                for chunk in r.iter_bytes():
-                    total += len(chunk)
-                    if total > policy.max_bytes:
-                        raise MediaError(where, f"download exceeds {policy.max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        raise MediaError(where, f"more than {policy.max_redirects} redirects, last to {url}")
-    except httpx.HTTPStatusError as e:
-        raise MediaError(where, f"URL answered HTTP {e.response.status_code}: {url}") from None
-    except httpx.TimeoutException:
-        raise MediaError(where, f"URL timed out after {policy.url_timeout}s: {url}",
-                         "Check the URL or send the bytes") from None
-    except httpx.HTTPError as e:
-        raise MediaError(where, f"cannot fetch {url}: {type(e).__name__}: {e}",
-                         "Check the URL or send the bytes") from None
+        return fetch(url, where, policy, check=check_url)
+    except FetchError as e:
+        raise MediaError(where, str(e), "Check the URL or send the bytes") from None
 
 
 def decode_data_url(url: str, where: str) -> tuple[str, bytes]:

@@ -18,23 +18,24 @@ from typing import Any
 
 from vllm.multimodal.video import VideoLoader
 
-from .media import DEFAULT_TOTAL_PIXELS, _resize_clip, read_video_file, vllm_video_metadata
+from . import budget as budgets
+from .media import DEFAULT_TOTAL_PIXELS, read_video_file, vllm_video_metadata
 from .inputs import DEFAULT_SETTINGS
 
 NAME = "qwen3vl"
 
 
-def load_video_file(data: bytes, *, fps: float, max_frames: int):
+def load_video_file(data: bytes, *, fps: float, max_frames: int, budget=None, where: str = "video"):
     """Video file bytes -> (THWC frames, metadata) as the reference prepares them.
 
     Resized frames stay float32, not rounded to uint8: the reference hands the processor the
     float output of its clip resize, and rounding would move the vector. Frames already at their
-    final size stay uint8 (the same values, a quarter of the memory).
+    final size stay uint8 (the same values, a quarter of the memory). Each frame is resized as
+    it is decoded and paid for from ``budget`` (the request's, see ``budget``).
     """
-    clip, meta, _ = read_video_file(data, "video", fps=fps, max_frames=max_frames)
-    resized = _resize_clip(clip, total_pixels=DEFAULT_TOTAL_PIXELS)
-    if resized.shape != clip.shape:
-        clip = resized
+    clip, meta, _ = read_video_file(data, where, fps=fps, max_frames=max_frames,
+                                    total_pixels=DEFAULT_TOTAL_PIXELS,
+                                    budget=budget if budget is not None else budgets.for_request())
     meta = {**meta, "video_backend": NAME}
     return clip.permute(0, 2, 3, 1).contiguous().numpy(), vllm_video_metadata(meta)
 

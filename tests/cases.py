@@ -306,3 +306,27 @@ def long_video(path: Path, seconds: int, w: int = 640, h: int = 480, fps: int = 
             container.mux(packet)
     tmp.rename(path)
     return path
+
+
+def resolution_change_ts(path: Path, sizes=((64, 48), (256, 192)), n: int = 8, fps: int = 4) -> Path:
+    """An MPEG-TS whose picture size changes mid-stream: two clips of different sizes, one after
+    the other (TS allows it: the decoder meets a new sequence header). The container header only
+    knows the first size."""
+    import av
+
+    parts = []
+    for k, (w, h) in enumerate(sizes):
+        part = path.with_suffix(f".part{k}.ts")
+        with av.open(str(part), mode="w", format="mpegts") as container:
+            stream = container.add_stream("mpeg2video", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for i in range(n):
+                arr = np.full((h, w, 3), (i * 30 + k * 100) % 255, dtype=np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        parts.append(part.read_bytes())
+        part.unlink()
+    path.write_bytes(b"".join(parts))
+    return path

@@ -133,3 +133,42 @@ def test_body_limit_is_on_without_any_config(embedding_server):
     ok = httpx.post(embedding_server.base_url + "/embeddings", timeout=60,
                     json={"model": embedding_server.model, "input": "still serving"})
     assert ok.status_code == 200
+
+
+def _solid_frames_url(n: int, side: int) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 30, 200)).save(buf, format="PNG")
+    frame = base64.b64encode(buf.getvalue()).decode()
+    return "data:video/png;base64," + ",".join([frame] * n)
+
+
+@pytest.mark.parametrize("side", [4000, 8000])
+def test_frame_list_bomb_is_refused_by_the_default_budget(embedding_server, side):
+    """Plain `vllm serve` with the plugin's defaults: 64 solid PNG frames (4.8 MB of request for
+    4000x4000, 17 MB for 8000x8000) that would decode to 4 GiB and 16 GiB. Before the decode
+    budget one such request took a 24 GiB server down. Now: a 400 naming the frames and the
+    limit, from the frames' headers alone, with the API server's memory barely moving; the next
+    request is served."""
+    base_url, model = embedding_server.base_url, embedding_server.model
+    body = {"model": model, "add_generation_prompt": True, "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": _solid_frames_url(64, side)}}]}]}
+    raw = json.dumps(body).encode()
+    with PeakRSS(embedding_server.proc.pid) as rss:
+        t0 = time.monotonic()
+        r = httpx.post(base_url + "/embeddings", content=raw, timeout=300,
+                       headers={"content-type": "application/json"})
+        seconds = time.monotonic() - t0
+    assert r.status_code == 400, r.text[:300]
+    message = r.json()["error"]["message"]
+    assert message.startswith("messages[0].content[0].frames: decoding it would bring this request "
+                              "to"), message
+    assert "above the limit of 1.00 GiB (QWEN3VL_MAX_REQUEST_DECODED_BYTES)" in message, message
+    assert rss.growth < GIB, rss.growth
+    ok = httpx.post(base_url + "/embeddings", timeout=60, json={"model": model, "input": "still serving"})
+    assert ok.status_code == 200, ok.text
+    record(f"frame_list_bomb_{side}", {"frames": 64, "side": side, "body_mb": round(len(raw) / 1e6, 1),
+                                       "status": r.status_code, "seconds": round(seconds, 3),
+                                       "api_server_rss_growth_mib": round(rss.growth / 2**20),
+                                       "message": message[:200]})

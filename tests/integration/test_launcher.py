@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+import os
 
 import httpx
 import numpy as np
@@ -15,60 +13,11 @@ import psutil
 import pytest
 
 from cases import noise_image
+from launched import Launched
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-0123456789"
-
-
-class Launched:
-    def __init__(self, config: str, *sets: str, env_extra: dict | None = None):
-        from qwen3vl_vllm.launcher import free_port
-
-        self.port = free_port()
-        env = dict(os.environ, **(env_extra or {}))
-        args = [sys.executable, "-m", "qwen3vl_vllm.cli", "serve", "--config", config,
-                "--set", f"server.port={self.port}"]
-        for s in sets:
-            args += ["--set", s]
-        self.log = (ROOT / ".cache" / "logs" / f"launcher-{Path(config).stem}.log")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.out = open(self.log, "w")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.descendants: set[int] = set()
-
-    def wait_listening(self, timeout=300):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text()
-            if "listening on" in text:
-                self.descendants = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
-                return text
-            if self.proc.poll() is not None:
-                raise AssertionError(f"launcher exited early rc={self.proc.returncode}:\n{text[-3000:]}")
-            time.sleep(0.5)
-        raise AssertionError("launcher never printed 'listening on'")
-
-    def terminate(self, timeout=60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.out.close()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in self.descendants:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _alive(pids: set[int]) -> list[int]:
@@ -96,16 +45,21 @@ def media_tree(tmp_path_factory):
     inside = _png_file(allowed / "in.png")
     outside = _png_file(root / "out.png")
     (allowed / "link.png").symlink_to(outside)
+    os.mkfifo(allowed / "fifo.png")  # inside the folder, but no file: reading it would hang
+    (allowed / "zero.png").symlink_to("/dev/zero")  # inside, a device: reading it never ends
     return {"allowed": allowed, "inside": inside, "outside": outside,
-            "dotdot": allowed / ".." / "out.png", "link": allowed / "link.png"}
+            "dotdot": allowed / ".." / "out.png", "link": allowed / "link.png",
+            "fifo": allowed / "fifo.png", "zero": allowed / "zero.png"}
 
 
 @pytest.fixture(scope="module")
-def embedding_launch(media_tree, embedding_ckpt):
+def embedding_launch(media_tree, embedding_ckpt, tmp_path_factory):
+    table = tmp_path_factory.mktemp("routes") / "routes.json"
     srv = Launched("configs/tiny-embedding-cpu.yaml", f"media.local_media_dir={media_tree['allowed']}",
-                   env_extra={"QWEN3VL_API_KEY": KEY})
+                   env_extra={"QWEN3VL_API_KEY": KEY, "QWEN3VL_ROUTE_TABLE": str(table)})
     try:
         srv.wait_listening()
+        srv.table = table
         yield srv
     finally:
         srv.kill()
@@ -141,6 +95,19 @@ def test_api_key(embedding_launch):
     assert _embed(srv, [{"type": "text", "text": "x"}]).status_code == 200
 
 
+def test_every_route_needs_the_key(embedding_launch):
+    """Every route of the running embedding server's own route table: 401 without the key
+    (the probes excepted), served with it."""
+    from route_checks import assert_every_route_behind_the_key, probe_routes
+    from test_security import record
+
+    rows = probe_routes(embedding_launch.url, embedding_launch.table, KEY)
+    assert_every_route_behind_the_key(rows)
+    paths = {r["path"] for r in rows}
+    assert {"/v1/embeddings", "/v2/embed", "/pooling", "/invocations", "/health"} <= paths, sorted(paths)
+    record("route_table_embedding", rows)
+
+
 def test_local_files_only_inside_allowed_folder(embedding_launch, media_tree):
     srv = embedding_launch
     srv.model = _model(srv)
@@ -149,13 +116,19 @@ def test_local_files_only_inside_allowed_folder(embedding_launch, media_tree):
     for name in ("outside", "dotdot", "link"):
         r = _embed(srv, [{"type": "image_url", "image_url": {"url": f"file://{media_tree[name]}"}}])
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+    for name, fragment in (("fifo", "is not a regular file"), ("zero", "")):
+        r = _embed(srv, [{"type": "image_url", "image_url": {"url": f"file://{media_tree[name]}"}}])
+        assert r.status_code == 400, (name, r.status_code, r.text)  # answered: nothing hung
+        assert r.json()["error"]["message"].startswith("messages[0].content[0]:"), r.text
+        assert fragment in r.json()["error"]["message"], (name, r.text)
 
 
 def test_remote_fetch_off_by_default(embedding_launch):
     srv = embedding_launch
     srv.model = _model(srv)
     r = _embed(srv, [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}])
-    assert r.status_code == 400 and "media.remote_fetch is off" in r.json()["error"]["message"]
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith("messages[0].content[0]: this server does not fetch media URLs")
 
 
 def test_body_limit(embedding_launch):
@@ -178,27 +151,3 @@ def test_sigterm_stops_cleanly(embedding_launch):
     assert _alive(children) == []
     with pytest.raises(httpx.HTTPError):
         httpx.get(srv.url + "/health", timeout=2)
-
-
-def test_reranker_config_live(reranker_ckpt, media_tree):
-    srv = Launched("configs/tiny-reranker-cpu.yaml", env_extra={"QWEN3VL_API_KEY": ""})
-    try:
-        srv.wait_listening()
-        assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
-        r = httpx.post(srv.url + "/v1/rerank", timeout=120, json={
-            "query": "a cat", "documents": ["a cat on a mat", "stock prices"]})
-        assert r.status_code == 200, r.text
-        assert sorted(x["index"] for x in r.json()["results"]) == [0, 1]
-        # no local files by default
-        r = httpx.post(srv.url + "/v1/rerank", timeout=60, json={
-            "query": "a cat", "documents": [{"content": [
-                {"type": "image_url", "image_url": {"url": f"file://{media_tree['inside']}"}}]}]})
-        assert 400 <= r.status_code < 500, r.text
-        children = set(srv.descendants)
-        assert srv.terminate() == 0
-        deadline = time.monotonic() + 30
-        while _alive(children) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _alive(children) == []
-    finally:
-        srv.kill()

@@ -302,3 +302,15 @@ def test_cpu_kv_cache_holds_one_whole_prompt_when_batches_are_small(cpu, batched
     got = plugin.size_cpu_kv_cache(args, _model_config(28, 8, 128, 2, max_len=max_len))
     assert got >= max_len * per_token + 256 * per_token and got % 2**30 == 0
     assert got >= 2 * batched * per_token
+
+
+def test_our_middlewares_come_last_with_the_api_key_outermost():
+    """Starlette puts each added middleware outside the previous ones: the key check must be
+    added last, even when the user listed some of ours in another order."""
+    from qwen3vl_vllm.settings import MIDDLEWARES
+
+    assert MIDDLEWARES[-1] == "qwen3vl_vllm.server_auth.ApiKeyMiddleware"
+    ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None, chat_template=None,
+                               middleware=["qwen3vl_vllm.server_auth.ApiKeyMiddleware", "my.Mw"])
+    plugin.apply_serve_defaults(ns)
+    assert ns.middleware == ["my.Mw", *MIDDLEWARES]

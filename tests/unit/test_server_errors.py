@@ -150,9 +150,9 @@ def test_remote_off_error_is_named():
     for status in (400, 500):
         sent = _run(_app(status, msg), body, path="/v1/embeddings")
         assert sent[0]["status"] == 400
-        assert json.loads(sent[1]["body"])["error"]["message"] == (
-            "messages[0].content[1]: this server does not fetch media URLs (media.remote_fetch is off). "
-            "Send the image as a data URL")
+        text = json.loads(sent[1]["body"])["error"]["message"]
+        assert text.startswith("messages[0].content[1]: this server does not fetch media URLs"), text
+        assert "Send the image as a data URL" in text and "media.remote_fetch: true" in text
 
 
 @pytest.mark.parametrize("message", [
@@ -193,10 +193,10 @@ def test_naming_runs_off_the_event_loop_and_is_bounded(monkeypatch):
     loop_thread = {}
     real = se._decodes
 
-    def slow_decodes(url, kind):
+    def slow_decodes(url, kind, deadline=None):
         loop_thread["decode"] = threading.get_ident()
         time.sleep(0.3)
-        return real(url, kind)
+        return real(url, kind, deadline)
 
     monkeypatch.setattr(se, "_decodes", slow_decodes)
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BAD}}]}]}
@@ -271,9 +271,9 @@ def test_policy_body_limit_is_on_by_default(monkeypatch):
     assert PolicyMiddleware(None).max_body == 0  # explicitly off
 
 
-def test_connector_errors_are_named_by_fingerprint_without_decoding(monkeypatch):
-    """The media connector tags its errors with the payload's fingerprint; the middleware finds
-    the item by it, decoding nothing (a 20 MB image is not decoded twice)."""
+def test_connector_errors_are_named_by_key_without_decoding(monkeypatch):
+    """The media connector tags its errors with the payload's key; the middleware finds the
+    item by it, decoding nothing (a 20 MB image is not decoded twice)."""
     from qwen3vl_vllm import server_errors as se
     from qwen3vl_vllm.errors import MediaError
     from qwen3vl_vllm.media_connector import ReferenceImageIO, ReferenceVideoIO
@@ -295,3 +295,60 @@ def test_connector_errors_are_named_by_fingerprint_without_decoding(monkeypatch)
         message = json.loads(sent[1]["body"])["error"]["message"]
         assert message.startswith(f"messages[0].content[1]{suffix}: cannot decode the {kind}"), message
         assert "item#" not in message
+
+
+def test_items_sharing_their_start_and_length_are_told_apart():
+    """The payload key is a digest of the whole payload: two images with the same length and the
+    same first 4 KB (which the former fingerprint could not tell apart) are named correctly."""
+    from qwen3vl_vllm.server_errors import payload_key
+
+    head = "A" * 5000
+    good, bad = head + "B" * 100, head + "C" * 100
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + good}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + bad}}]}]}
+    sent = _run(_app(400, f"item#{payload_key(bad)}: cannot decode image: broken"), body,
+                path="/v1/embeddings")
+    assert json.loads(sent[1]["body"])["error"]["message"].startswith("messages[0].content[1]: "), sent
+
+
+def test_naming_stops_when_its_time_is_up(monkeypatch):
+    """The search checks its deadline between items: past it, no further item is decoded and
+    the original error goes out."""
+    import time
+
+    from qwen3vl_vllm import server_errors as se
+
+    calls = []
+
+    def slow(url, kind, deadline=None):
+        calls.append(time.monotonic())
+        time.sleep(0.05)
+        return True
+
+    monkeypatch.setattr(se, "_decodes", slow)
+    body = {"documents": [{"content": [{"type": "image_url", "image_url": {"url": BAD}}]}] * 200}
+    t0 = time.monotonic()
+    assert find_bad_item(body, "Failed to load image", deadline=t0 + 0.2) is None
+    assert len(calls) <= 6 and time.monotonic() - t0 < 2, len(calls)  # stopped, not 200 decodes
+
+
+def test_busy_pool_is_a_503_with_retry_after():
+    from qwen3vl_vllm.budget import BUSY_MARKER
+
+    body = {"query": "q", "documents": ["a"]}
+    sent = _run(_app(500, f"{BUSY_MARKER} documents[0]: the server holds as much decoded media as "
+                          "it may (4.00 GiB, QWEN3VL_MAX_DECODED_BYTES_IN_FLIGHT); retry shortly"), body)
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"2") in sent[0]["headers"]
+    message = json.loads(sent[1]["body"])["error"]["message"]
+    assert message.startswith("documents[0]: the server holds") and BUSY_MARKER not in message
+
+
+def test_every_post_route_is_watched():
+    """/invocations, /v2/embed and any route a later vLLM adds get their media errors named."""
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BAD}}]}]}
+    for path in ("/invocations", "/v2/embed", "/some/new/route"):
+        sent = _run(_app(400, "Failed to load image: cannot identify image file"), body, path=path)
+        assert sent[0]["status"] == 400
+        assert json.loads(sent[1]["body"])["error"]["message"].startswith("messages[0].content[0]"), path

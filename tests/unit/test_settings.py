@@ -155,14 +155,14 @@ def test_launcher_leaves_the_kv_cache_to_the_plugin_unless_asked(monkeypatch, na
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_offline_engine_gets_the_served_chat_template(kind):
-    """vllm.LLM gets the same template file `vllm serve` gets from the launcher, unless the
-    user passes their own."""
-    from pathlib import Path
+def test_offline_engine_gets_the_served_chat_template(kind, tmp_path, monkeypatch):
+    """vllm.LLM gets the template text `vllm serve` gets from the plugin (no file anywhere),
+    unless the user passes their own."""
+    import tempfile
 
     from qwen3vl_vllm.offline import _engine_kwargs
 
-    path = _engine_kwargs(kind, {})["chat_template"]
-    assert Path(path).read_text() == settings.chat_template_text(kind)
-    assert path == settings.chat_template_path(kind)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert _engine_kwargs(kind, {})["chat_template"] == settings.chat_template_text(kind)
     assert _engine_kwargs(kind, {"chat_template": "mine.jinja"})["chat_template"] == "mine.jinja"
+    assert list(tmp_path.iterdir()) == []  # no temp file written
