@@ -267,12 +267,13 @@ class EmbeddingClient(_Client):
 
     def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
               dimensions: int | None = None, encoding_format: str = "base64",
-              precision: str = "float32"):
+              precision: str = "float32", truncate: bool = False):
         """Embed every input (one request each, bounded concurrency) -> array in input order.
 
         Vectors travel as base64 float32 by default; ``precision`` packs them afterwards
-        ("int8", "binary", "ubinary"; see ``quantize``). Media errors are raised, naming the
-        item, before any request is sent.
+        ("int8", "binary", "ubinary"; see ``quantize``). ``truncate=True`` embeds an over-long
+        input's first ``max_model_len`` tokens, as the reference does (else the server answers
+        400). Media errors are raised, naming the item, before any request is sent.
         """
         import numpy as np
 
@@ -282,7 +283,7 @@ class EmbeddingClient(_Client):
         _check_dimensions(dimensions)
         bodies = [embedding_body(item, index=i, model=self.model, instruction=instruction,
                                  dimensions=dimensions, encoding_format=encoding_format,
-                                 settings=self._s.settings, policy=self._s.policy)
+                                 settings=self._s.settings, policy=self._s.policy, truncate=truncate)
                   for i, item in enumerate(inputs)]
         if not bodies:
             return np.zeros((0, dimensions or 0), dtype=np.float32)
@@ -301,7 +302,7 @@ class AsyncEmbeddingClient(_AsyncClient):
 
     async def embed(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
                     dimensions: int | None = None, encoding_format: str = "base64",
-                    precision: str = "float32"):
+                    precision: str = "float32", truncate: bool = False):
         import numpy as np
 
         from .quantize import quantize
@@ -313,7 +314,7 @@ class AsyncEmbeddingClient(_AsyncClient):
         model = await self.model()
         bodies = [embedding_body(item, index=i, model=model, instruction=instruction,
                                  dimensions=dimensions, encoding_format=encoding_format,
-                                 settings=self._s.settings, policy=self._s.policy)
+                                 settings=self._s.settings, policy=self._s.policy, truncate=truncate)
                   for i, item in enumerate(inputs)]
         sem = asyncio.Semaphore(self._s.max_concurrency)
 

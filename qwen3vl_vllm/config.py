@@ -46,6 +46,9 @@ class ServerConfig:
     # a video whose prompt exceeds max_model_len: "fit" (fewer frames, evenly spread) or
     # "refuse" (a 400 naming the frame count that fits); see video_fit
     video_fit: str = VIDEO_FIT_DEFAULT
+    # an embedding input longer than max_model_len: its first max_model_len tokens, as the
+    # reference cuts it (true), or a 400 unless the request asks for the cut (false)
+    truncate: bool = False
 
 
 @dataclass(frozen=True)

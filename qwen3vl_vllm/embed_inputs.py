@@ -24,6 +24,15 @@ Token ids cannot carry the reference prompt and get a 400 naming the fix, unless
 in to pre-built prompts: request field ``"raw_prompt": true``, or ``QWEN3VL_RAW_PROMPTS=1`` for the
 whole server; then ``input`` strings and token ids pass through unchanged.
 
+Over-long texts (``truncation``): the reference keeps the first ``max_length`` (8,192) tokens of
+the whole prompt, generation prompt included in the cut. A request gets that cut when it asks for
+it (vLLM's ``truncate_prompt_tokens``, -1 for ``max_model_len``; the side is the reference's,
+keep-the-start, unless ``truncation_side`` says otherwise), when the server is started with
+``QWEN3VL_TRUNCATE=1`` (YAML ``server.truncate: true``, for libraries that cannot add a field),
+and on Cohere ``/v2/embed`` by its own default ``truncate: END``. ``truncate: START`` (keep the
+end) is refused, naming ``END``: the reference never does that. Otherwise an over-long input is a
+400 that says how to ask for the cut.
+
 Example (any OpenAI-compatible library)::
 
     import openai
@@ -46,6 +55,11 @@ from .inputs import embedding_conversation
 logger = logging.getLogger("vllm.qwen3vl_vllm")
 INSTRUCTIONS_ENV = "QWEN3VL_INSTRUCTIONS"
 RAW_ENV = "QWEN3VL_RAW_PROMPTS"
+TRUNCATE_ENV = "QWEN3VL_TRUNCATE"
+REFERENCE_SIDE = "right"  # the reference keeps the first max_length tokens
+START_REFUSED = ("truncate: START keeps the end of the text, which Qwen3-VL-Embedding's reference "
+                 "never does (it keeps the first 8192 tokens). Send truncate: END (the default), or "
+                 "NONE to be told when a text is too long")
 RAW_FIELD = "raw_prompt"
 INSTRUCTION_FIELD = "instruction"
 _SENTINEL = "_qwen3vl_vllm_embed_inputs"
@@ -102,6 +116,34 @@ def text_conversations(texts: list[str], instruction: str | None) -> list[list[d
         item = {"text": text} if instruction is None else {"text": text, "instruction": instruction}
         out.append(_messages(embedding_conversation(item, index=i)))
     return out
+
+
+def server_truncates(environ: Any = None) -> bool:
+    """``QWEN3VL_TRUNCATE=1``: over-long inputs get the reference's cut unless a request says
+    otherwise."""
+    value = (environ if environ is not None else os.environ).get(TRUNCATE_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on", "end")
+
+
+def truncation(tokens: Any, side: Any) -> tuple[Any, Any]:
+    """(truncate_prompt_tokens, truncation_side) for an OpenAI-style request: what it asked
+    for (on the reference's side unless it named one), else the server's setting."""
+    if tokens is not None:
+        return tokens, side or REFERENCE_SIDE
+    if server_truncates():
+        return -1, REFERENCE_SIDE
+    return None, side
+
+
+def cohere_truncation(request: Any) -> tuple[Any, Any]:
+    """Cohere's ``truncate``: END (its default) is the reference's cut, NONE none, START refused."""
+    mode = (getattr(request, "truncate", None) or "END").upper()
+    if mode == "START":
+        raise ValueError(START_REFUSED)
+    if mode == "NONE":
+        return None, None
+    limit = getattr(request, "max_tokens", None)
+    return (limit if limit is not None else -1), REFERENCE_SIDE
 
 
 def _raw_requested(request: Any) -> bool:
@@ -186,15 +228,17 @@ def patch() -> str | None:
     def get_request_factory_online(self, ctx):
         request = ctx.request
         if _is_embedding(self):
+            if isinstance(request, CohereEmbedRequest):
+                truncate, side = cohere_truncation(request)
+                return _render(self, ctx, cohere_conversations(request), truncate, side)
+            truncate, side = truncation(getattr(request, "truncate_prompt_tokens", None),
+                                        getattr(request, "truncation_side", None))
             if isinstance(request, EmbeddingCompletionRequest):
                 conversations = completion_conversations(request)
                 if conversations is not None:
-                    return _render(self, ctx, conversations,
-                                   getattr(request, "truncate_prompt_tokens", None),
-                                   getattr(request, "truncation_side", None))
-            elif isinstance(request, CohereEmbedRequest):
-                truncate, side = self._resolve_cohere_truncation(request)
-                return _render(self, ctx, cohere_conversations(request), truncate, side)
+                    return _render(self, ctx, conversations, truncate, side)
+            if hasattr(request, "truncate_prompt_tokens"):  # messages (and raw prompts)
+                request.truncate_prompt_tokens, request.truncation_side = truncate, side
         return original(self, ctx)
 
     setattr(get_request_factory_online, _SENTINEL, True)

@@ -43,7 +43,6 @@ NULL_TEXT = "NULL"
 IMAGE_FACTOR = 32  # patch 16 x spatial merge 2: one token per 32x32 pixels
 FRAME_LIST_FPS = 2.0  # qwen-vl-utils' sampling fps for frame lists
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg", ".flv", ".wmv")
 EMBED_KEYS = frozenset({"text", "image", "video", "instruction", "fps", "max_frames"})
 MEDIA_KEYS = frozenset({"text", "image", "video"})
 
@@ -93,39 +92,79 @@ def _as_list(value: Any) -> list:
     return [value]
 
 
-def _looks_like_video_file(value: Any) -> bool:
-    if not isinstance(value, (str, os.PathLike)):
-        return False
-    text = os.fspath(value).split("?", 1)[0].lower()
-    return text.endswith(VIDEO_EXTENSIONS) or text.startswith("data:video/")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".svg")  # upstream's
+
+
+def _is_image_path(value: Any) -> bool:
+    """Upstream ``is_image_path``: the extension (of a URL's path, query left out) is an
+    image's. A ``data:image/...`` URL counts as an image too (upstream has no data URLs)."""
+    text = os.fspath(value)
+    if text.lower().startswith("data:"):
+        return text.lower().startswith("data:image/")
+    if text.startswith(("http://", "https://")):
+        from urllib.parse import urlparse
+
+        text = urlparse(text).path
+    return os.path.splitext(text.lower())[1] in IMAGE_EXTENSIONS
+
+
+def _is_one_video(value: Any) -> bool:
+    """Upstream ``is_video_input``: is ``value`` one video (else a list of videos)?
+
+    A string is one video file; a list is one video given as frames when its *first* element
+    is a frame: a PIL image, or a path/URL with an image's extension. Anything else in first
+    place (a video file name of any extension, an extension-less URL, a list of frames) makes
+    the list a list of videos, exactly as upstream decides. Beyond upstream: a path object
+    counts as a string, a ``(frames, metadata)`` tuple or a THWC array is one video, and a first
+    element that is an HxWx3 array or encoded bytes is a frame.
+    """
+    if isinstance(value, (str, os.PathLike, bytes, bytearray)):
+        return True
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Mapping):
+        return True
+    if hasattr(value, "ndim"):
+        return getattr(value, "ndim", 0) == 4
+    if isinstance(value, (list, tuple)) and value:
+        first = value[0]
+        if isinstance(first, (str, os.PathLike)):
+            return _is_image_path(first)
+        if hasattr(first, "ndim"):
+            return first.ndim == 3
+        if isinstance(first, (bytes, bytearray)):
+            return True
+        return hasattr(first, "mode") and hasattr(first, "size")  # a PIL image
+    return False
 
 
 def split_videos(value: Any) -> list:
-    """One video or a list of videos -> a list of videos.
+    """One video or a list of videos -> a list of videos (upstream's rule, ``_is_one_video``).
 
-    A video is a file path/URL (str), or a list of frames (paths, PIL images, arrays), or a
-    ``(frames, metadata)`` tuple. A list of lists is several frame-list videos; a list of
-    strings that all name video files (by extension or ``data:video/``) is several files;
-    any other list is one video given as frames.
+    >>> split_videos(["clip.ts"]), split_videos(["f1.png", "f2.png"])
+    (['clip.ts'], [['f1.png', 'f2.png']])
     """
     if value is None:
         return []
-    if isinstance(value, (str, os.PathLike)):
+    if _is_one_video(value):
         return [value]
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Mapping):
-        return [value]
-    if hasattr(value, "ndim") and getattr(value, "ndim", 0) == 4:
-        return [value]  # one THWC array of frames
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-        if not items:
-            return []
-        if all(isinstance(v, (list, tuple)) or (hasattr(v, "ndim") and v.ndim == 4) for v in items):
-            return items
-        if all(_looks_like_video_file(v) for v in items):
-            return items
-        return [items]
-    return [value]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def video_setting(where: str, value: Any, kind: type, minimum: float):
+    """An item's ``fps``/``max_frames``: upstream's ``value or default`` (so ``None`` and 0 mean
+    the default: returns None), else a finite number of the right kind, at least ``minimum``."""
+    import math
+
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise InputError(where, f"must be a {'number' if kind is float else 'whole number'}, "
+                                f"got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise InputError(where, f"must be a finite number, got {value}",
+                         "Give e.g. 1.0, or leave it out (or 0) for the default")
+    if value < minimum:
+        raise InputError(where, f"must be >= {minimum} (or 0 for the default), got {value}")
+    return value
 
 
 def sample_frame_list(frames: Sequence[Any], max_frames: int) -> list:
@@ -145,14 +184,6 @@ def sample_frame_list(frames: Sequence[Any], max_frames: int) -> list:
     return [frames[i] for i in idx]
 
 
-def _check_number(where: str, value: Any, kind: type, minimum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise InputError(where, f"must be a {'number' if kind is float else 'whole number'}, "
-                                f"got {type(value).__name__}")
-    if value < minimum:
-        raise InputError(where, f"must be >= {minimum}, got {value}")
-
-
 def content_parts(obj: Mapping[str, Any], *, where: str, settings: MediaSettings = DEFAULT_SETTINGS,
                   fps: float | None = None, max_frames: int | None = None) -> list[dict]:
     """A multimodal object -> its content parts, ordered videos, images, texts (no NULL here).
@@ -165,8 +196,9 @@ def content_parts(obj: Mapping[str, Any], *, where: str, settings: MediaSettings
     file_max_frames = settings.max_frames if max_frames is None else max_frames
     for j, video in enumerate(split_videos(obj.get("video"))):
         w = f"{where}.video[{j}]"
-        if isinstance(video, (str, os.PathLike)):
-            parts.append({"type": "video", "video": os.fspath(video), "fps": float(file_fps),
+        if isinstance(video, (str, os.PathLike, bytes, bytearray)):
+            source = bytes(video) if isinstance(video, (bytes, bytearray)) else os.fspath(video)
+            parts.append({"type": "video", "video": source, "fps": float(file_fps),
                           "max_frames": int(file_max_frames)})
         elif isinstance(video, tuple) and len(video) == 2 and isinstance(video[1], Mapping):
             parts.append({"type": "video", "video": video, "total_pixels": settings.total_pixels})
@@ -206,12 +238,8 @@ def embedding_conversation(item: Mapping[str, Any], *, index: int | None = None,
     """One embedding input dict -> the reference conversation (system + user turns)."""
     where = "input" if index is None else f"inputs[{index}]"
     _check_keys(item, where, EMBED_KEYS)
-    fps = item.get("fps")
-    max_frames = item.get("max_frames")
-    if fps is not None:
-        _check_number(f"{where}.fps", fps, float, 1e-6)
-    if max_frames is not None:
-        _check_number(f"{where}.max_frames", max_frames, int, 2)
+    fps = video_setting(f"{where}.fps", item.get("fps"), float, 1e-6)
+    max_frames = video_setting(f"{where}.max_frames", item.get("max_frames"), int, 2)
     instruction = item.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise InputError(f"{where}.instruction", f"must be a string, got {type(instruction).__name__}")
@@ -246,11 +274,8 @@ def rerank_request(inputs: Mapping[str, Any], *, settings: MediaSettings = DEFAU
     applied to the instruction (only the embedder has one).
     """
     _check_keys(inputs, "inputs", RERANK_KEYS)
-    fps, max_frames = inputs.get("fps"), inputs.get("max_frames")
-    if fps is not None:
-        _check_number("inputs.fps", fps, float, 1e-6)
-    if max_frames is not None:
-        _check_number("inputs.max_frames", max_frames, int, 2)
+    fps = video_setting("inputs.fps", inputs.get("fps"), float, 1e-6)
+    max_frames = video_setting("inputs.max_frames", inputs.get("max_frames"), int, 2)
     query = inputs.get("query")
     _check_keys(query, "query", MEDIA_KEYS)
     if not query:

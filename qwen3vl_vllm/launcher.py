@@ -63,7 +63,7 @@ class ServerStartError(RuntimeError):
 
 
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
-from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV  # noqa: E402  (light: no vLLM import)
+from .embed_inputs import INSTRUCTIONS_ENV, RAW_ENV, TRUNCATE_ENV  # noqa: E402  (light: no vLLM import)
 from .server_policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
 from .video_fit import DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV  # noqa: E402  (light: no vLLM import)
 from .settings import (KEEP_ALIVE_ENV, MIDDLEWARES, REMOTE_MEDIA_ENV,  # noqa: E402  (light: no vLLM import)
@@ -115,7 +115,7 @@ def engine_kwargs(cfg, model: str) -> dict:
 
 
 # media_io_kwargs keys only the plugin's video loader understands
-PLUGIN_ONLY_VIDEO_KEYS = ("video_backend", "qwen3vl_fps", "qwen3vl_max_frames")
+PLUGIN_ONLY_VIDEO_KEYS = ("video_backend", "qwen3vl_fps", "qwen3vl_max_frames", "qwen3vl_total_pixels")
 
 
 def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
@@ -133,8 +133,8 @@ def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
     m = cfg.media
     media_io = d["media_io_kwargs"]
     if not plugin:
-        media_io = {**media_io, "video": {k: v for k, v in media_io["video"].items()
-                                          if k not in PLUGIN_ONLY_VIDEO_KEYS}}
+        media_io = {"video": {k: v for k, v in media_io["video"].items()
+                              if k not in PLUGIN_ONLY_VIDEO_KEYS}}
     j = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
     args = [model, "--host", cfg.server.host, "--port", str(cfg.server.port),
             "--runner", d["runner"], "--convert", d["convert"],
@@ -183,6 +183,7 @@ def server_env(cfg, base: dict | None = None) -> dict:
         env[INSTRUCTIONS_ENV] = json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)
     if cfg.server.raw_prompts:
         env[RAW_ENV] = "1"
+    env[TRUNCATE_ENV] = "1" if cfg.server.truncate else "0"
     env[FIT_ENV] = cfg.server.video_fit
     env.update(decode_limit_env(cfg))
     env.pop(REMOTE_MEDIA_ENV, None)  # the config decides
@@ -214,6 +215,8 @@ def dry_run_command(cfg, model: str) -> str:
             json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)))
     if cfg.server.raw_prompts:
         env.append(f"{RAW_ENV}=1")
+    if cfg.server.truncate:
+        env.append(f"{TRUNCATE_ENV}=1")
     if cfg.server.video_fit != VIDEO_FIT_DEFAULT:
         env.append(f"{FIT_ENV}={cfg.server.video_fit}")
     env += [f"{k}={v}" for k, v in decode_limit_env(cfg).items()]

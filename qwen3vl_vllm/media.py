@@ -172,13 +172,38 @@ def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = I
     return out
 
 
+# Where Pillow keeps an orientation that ``ImageOps.exif_transpose`` would apply
+_ORIENTATION_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def without_orientation(image, source=None):
+    """The image with no orientation metadata left, so nothing downstream can rotate it.
+
+    Why: qwen-vl-utils never applies EXIF orientation (the reference embeds a phone photo's
+    stored pixels as they are), but Pillow keeps the EXIF block through ``convert`` and
+    ``resize``, and vLLM rotates every PIL image it is handed by that block
+    (``normalize_image``): a photo with orientation 6 then gave cosine 0.94. The pixels are
+    untouched; an image that is the caller's own object (``source``) is copied first.
+    """
+    if not any(key in image.info for key in _ORIENTATION_INFO) and getattr(image, "_exif", None) is None:
+        return image
+    if image is source:
+        image = image.copy()
+    for key in _ORIENTATION_INFO:
+        image.info.pop(key, None)
+    image._exif = None  # a parsed EXIF block cached on the object
+    return image
+
+
 def prepare_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,
                   min_pixels: float, max_pixels: float, opener=None,
                   budget: DecodeBudget | None = None):
-    """An image source -> the RGB image the reference model sees (load, RGB rule, resize)."""
+    """An image source -> the RGB image the reference model sees (load, RGB rule, resize),
+    without orientation metadata (see ``without_orientation``)."""
     image = load_image(src, where, policy, opener=opener, budget=budget)
-    return resize_image(image, min_pixels=min_pixels, max_pixels=max_pixels, where=where,
-                        budget=budget)
+    out = resize_image(image, min_pixels=min_pixels, max_pixels=max_pixels, where=where,
+                       budget=budget)
+    return without_orientation(out, source=src)
 
 
 def fetch_image(part: dict, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,

@@ -59,8 +59,8 @@ from vllm.multimodal.media.base import MediaIO, MediaWithBytes
 from . import budget as budgets
 from . import media
 from .video_loader import load_video_file
-from .errors import MediaError
-from .inputs import DEFAULT_SETTINGS, sample_frame_list
+from .errors import InputError, MediaError
+from .inputs import DEFAULT_SETTINGS, sample_frame_list, video_setting
 from .settings import REMOTE_MEDIA_ENV, MEDIA_ORIGINS_ENV, REMOTE_OFF_DOMAIN
 from .server_errors import item_key, payload_key
 from .sources import MediaPolicy, read_local_file, source_bytes
@@ -106,9 +106,12 @@ def _params(media_type: str, where: str) -> tuple[str, dict]:
             raise MediaError(where, f"data URL parameter {key}={value!r} is not a "
                              f"{'number' if kind is float else 'whole number'}",
                              f"Use e.g. data:video/mp4;{key}={2 if kind is int else 1.0};base64,...") from None
-        if number < minimum:
-            raise MediaError(where, f"data URL parameter {key}={value} must be >= {minimum}")
-        out[key] = number
+        try:  # the item's own rule (inputs.video_setting): 0 is the default, nan is refused
+            number = video_setting(f"data URL parameter {key}", number, kind, minimum)
+        except InputError as e:
+            raise MediaError(where, f"{e.problem} ({key}={value})", e.fix) from None
+        if number is not None:
+            out[key] = number
     return base.lower(), out
 
 

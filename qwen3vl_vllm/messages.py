@@ -127,11 +127,17 @@ def embedding_messages(item: Mapping[str, Any], *, index: int, instruction: str 
     ]
 
 
+# what asks the server for the reference's cut of an over-long input (``embed_inputs``):
+# vLLM's field, -1 meaning max_model_len, keeping the start as the reference does
+TRUNCATE_FIELDS = {"truncate_prompt_tokens": -1, "truncation_side": "right"}
+
+
 def embedding_body(item: Mapping[str, Any], *, index: int, model: str, instruction: str | None,
                    dimensions: int | None, encoding_format: str,
                    settings: MediaSettings = DEFAULT_SETTINGS,
-                   policy: MediaPolicy = DEFAULT_POLICY) -> dict:
-    """The ``/v1/embeddings`` request body for one input dict."""
+                   policy: MediaPolicy = DEFAULT_POLICY, truncate: bool = False) -> dict:
+    """The ``/v1/embeddings`` request body for one input dict; ``truncate`` asks for the
+    reference's cut of an over-long input (its first ``max_model_len`` tokens)."""
     body = {
         "model": model,
         "messages": embedding_messages(item, index=index, instruction=instruction,
@@ -141,4 +147,6 @@ def embedding_body(item: Mapping[str, Any], *, index: int, model: str, instructi
     }
     if dimensions is not None:
         body["dimensions"] = dimensions
+    if truncate:
+        body.update(TRUNCATE_FIELDS)
     return body

@@ -208,14 +208,30 @@ class _Engine:
             prompt["mm_processor_kwargs"] = {"do_resize": False}
         return prompt
 
-    def _check_length(self, n_text: int, data: dict, where: str) -> None:
-        """Refuse an over-long input by name before vLLM refuses the whole batch. Videos are
-        not counted here: the engine fits them (``video_fit``), or names them if it cannot."""
+    def _fit_length(self, ids: list[int], data: dict, where: str, truncate: bool) -> list[int]:
+        """The input's token ids when it fits ``max_model_len``; else, with ``truncate``, its
+        first ``max_model_len`` tokens once the images are expanded (the reference's cut: it
+        drops the generation prompt too), else an ``InputError`` naming it, before vLLM refuses
+        the whole batch. Images come before the text in the prompt, so the cut falls in the
+        text; one that would fall inside the media is refused. Videos are not counted here:
+        the engine fits them (``video_fit``), or names them if it cannot."""
         limit = self.llm.llm_engine.model_config.max_model_len
-        n = n_text + sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
-        if n > limit:
+        extra = sum(image_tokens(im.width, im.height) - 1 for im in data.get("image", []))
+        n = len(ids) + extra
+        if n <= limit:
+            return ids
+        if not truncate or data.get("video"):
             raise InputError(where, f"the input is {n} tokens, longer than max_model_len={limit}",
-                             "Shorten the text or send smaller/fewer images or frames")
+                             "Shorten the text or send smaller/fewer images or frames, or pass "
+                             f"truncate=True to embed its first {limit} tokens as the reference does"
+                             + (" (not with videos)" if truncate else ""))
+        keep = limit - extra
+        vision_end = self.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+        last_media = max((k for k, t in enumerate(ids) if t == vision_end), default=-1)
+        if keep <= last_media:
+            raise InputError(where, f"its images alone make the input longer than max_model_len={limit}",
+                             "Send smaller or fewer images")
+        return ids[:keep]
 
     def _run(self, prompts: list[dict], call, where) -> tuple[Any, list[dict]]:
         """Run one engine call, collecting what was done to each prompt's videos.
@@ -274,8 +290,9 @@ class Qwen3VLEmbedder(_Engine):
 
     kind = "embedding"
 
-    def prompts(self, inputs: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """vLLM prompts (token ids, media and their ids) for ``inputs``, checked item by item."""
+    def prompts(self, inputs: Sequence[Mapping[str, Any]], *, truncate: bool = False) -> list[dict]:
+        """vLLM prompts (token ids, media and their ids) for ``inputs``, checked item by item;
+        ``truncate``: over-long inputs cut as the reference cuts them (``_fit_length``)."""
         if isinstance(inputs, Mapping):
             raise InputError("inputs", "expected a list of input dicts, got one dict",
                              "Wrap it in a list: [item]")
@@ -286,19 +303,21 @@ class Qwen3VLEmbedder(_Engine):
         texts, ids = self._render(convs, self.template)
         out = []
         for i, (text, tokens, (data, uuids)) in enumerate(zip(texts, ids, media)):
-            self._check_length(len(tokens), data, f"inputs[{i}]")
-            out.append(self._engine_prompt(text, tokens, data, uuids))
+            fitted = self._fit_length(tokens, data, f"inputs[{i}]", truncate)
+            out.append(self._engine_prompt(text if fitted is tokens else None, fitted, data, uuids))
         return out
 
     def process(self, inputs: Sequence[Mapping[str, Any]], normalize: bool = True,
                 dimensions: int | None = None, precision: str = "float32", *,
-                return_metadata: bool = False):
+                return_metadata: bool = False, truncate: bool = False):
         """Embed ``inputs`` -> (N, dimensions or hidden) array, in input order.
 
         ``precision`` may be "int8", "binary" or "ubinary" (see ``quantize``). A bad item raises
-        ``InputError``/``MediaError`` naming it before anything is computed. With
-        ``return_metadata=True`` the result is ``(vectors, metadata)``: per input, the frames
-        each video used of those prepared and the prompt's length (see ``video_fit``).
+        ``InputError``/``MediaError`` naming it before anything is computed; so does an input
+        longer than ``max_model_len`` unless ``truncate=True``, which embeds its first
+        ``max_model_len`` tokens as the reference does. With ``return_metadata=True`` the result
+        is ``(vectors, metadata)``: per input, the frames each video used of those prepared and
+        the prompt's length (see ``video_fit``).
         """
         import numpy as np
         from vllm import PoolingParams
@@ -314,7 +333,7 @@ class Qwen3VLEmbedder(_Engine):
             if not 1 <= dimensions <= dim:
                 raise InputError("dimensions", f"must be between 1 and {dim}, got {dimensions}",
                                  "The model card advises at least 64")
-        prompts = self.prompts(inputs)
+        prompts = self.prompts(inputs, truncate=truncate)
         if not prompts:
             empty = np.zeros((0, dimensions or dim), dtype=np.float32)
             return (empty, []) if return_metadata else empty

@@ -212,7 +212,10 @@ def _install_pyav_reader() -> None:
         data = _video_bytes(ele["video"])
         with av.open(io.BytesIO(data)) as container:  # pass 1: count the decodable frames
             stream = container.streams.video[0]
-            video_fps = float(stream.average_rate)
+            # decord's average fps; a stream too short to have one (a 2-frame MPEG-TS) gets
+            # ffmpeg's guessed rate, else 1.0 (decord would give NaN, which upstream cannot use)
+            rate = stream.average_rate or stream.guessed_rate
+            video_fps = float(rate) if rate else 1.0
             total = sum(1 for _ in container.decode(stream))
         nframes = vp.smart_nframes(ele, total_frames=total, video_fps=video_fps)
         idx = torch.linspace(0, total - 1, nframes).round().long()

@@ -63,6 +63,14 @@ NAMING_TIMEOUT_S = 5.0
 MAX_DECODE_BYTES = 40 * 1024 * 1024  # base64 characters of one item (~30 MB of file)
 KEY = re.compile(r"item#([0-9a-f]{32})")
 RETRY_AFTER_S = 2
+# vLLM's answer to an input over max_model_len, and how to get the reference's cut instead
+TOO_LONG = "maximum context length"
+EMBED_KEYS = ("input", "messages", "texts", "images", "inputs")
+PAIR_FIX = ("A pair over 10,240 tokens is cut as the reference cuts it, but not one holding a "
+            "video: shorten its texts, or send the video with fewer frames (max_frames)")
+TRUNCATE_FIX = ("To embed its first max_model_len tokens as the reference does, send "
+                "\"truncate_prompt_tokens\": -1 (Cohere /v2/embed: \"truncate\": \"END\"), or start "
+                "the server with QWEN3VL_TRUNCATE=1 (YAML: server.truncate: true)")
 
 
 class _OutOfTime(Exception):
@@ -270,6 +278,13 @@ class NameBadItemsMiddleware:
                 text = message[message.index(BUSY_MARKER) + len(BUSY_MARKER):].strip()
                 error.update(code=503, type="ServiceUnavailableError", message=text)
                 return 503, json.dumps(payload).encode(), [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            if status == 400 and TOO_LONG in message and "truncate_prompt_tokens" not in message:
+                body = json.loads(request)
+                rerank = isinstance(body, dict) and any(k in body for k in ("documents", "query", "queries"))
+                if isinstance(body, dict) and (rerank or any(k in body for k in EMBED_KEYS)):
+                    fix = PAIR_FIX if rerank else TRUNCATE_FIX
+                    error["message"] = f"{message.rstrip('. ')}. {fix}"
+                    return 400, json.dumps(payload).encode(), []
             tagged = KEY.search(message)
             markers = MEDIA_MARKERS if status == 400 else INPUT_500_MARKERS
             if not tagged and not any(m.lower() in message.lower() for m in markers):

@@ -82,9 +82,13 @@ def mm_processor_kwargs(settings: MediaSettings = DEFAULT_SETTINGS) -> dict:
 
 def media_io_kwargs(settings: MediaSettings = DEFAULT_SETTINGS) -> dict:
     """Video files go through the package's loader with the reference's fps/max_frames; a
-    frame list keeps all its frames (vLLM's default keeps 32) at a sampling fps of 2.0."""
-    return {"video": {"num_frames": -1, "fps": 2.0, "video_backend": VIDEO_LOADER,
-                      "qwen3vl_fps": settings.fps, "qwen3vl_max_frames": settings.max_frames}}
+    frame list keeps all its frames (vLLM's default keeps 32) at a sampling fps of 2.0. The
+    media connector reads the image pixel bounds from here (vLLM's own image IO ignores them),
+    so a config's ``media.min_pixels``/``max_pixels`` reach it."""
+    return {"image": {"qwen3vl_min_pixels": settings.min_pixels, "qwen3vl_max_pixels": settings.max_pixels},
+            "video": {"num_frames": -1, "fps": 2.0, "video_backend": VIDEO_LOADER,
+                      "qwen3vl_fps": settings.fps, "qwen3vl_max_frames": settings.max_frames,
+                      "qwen3vl_total_pixels": settings.total_pixels}}
 
 
 def engine_defaults(kind: str, settings: MediaSettings = DEFAULT_SETTINGS) -> dict[str, Any]:

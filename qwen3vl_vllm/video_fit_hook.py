@@ -195,6 +195,8 @@ def process_multimodal(renderer: Any, original: Callable, prompt: list[int], mm_
     extra = _image_extra(mm_data.get("image") or [], settings) if mm_data.get("image") else 0
     cap = fit_prompt(len(prompt), videos, limit=limit, extra=extra, ts_len=ts_len, fit_mode=fit_mode)
 
+    args, kwargs = _frames_as_given(args, kwargs)
+
     def run(cap: int | None):
         if cap is None:
             return original(renderer, prompt, mm_data, *args, **kwargs), [v.n for v in videos]
@@ -230,6 +232,26 @@ def _fitted_uuids(uuids: Any, videos: list[PreparedVideo], cap: int) -> Any:
     new = [f"{u}#frames={min(v.n, cap)}" if (u is not None and v.n > cap) else u
            for u, v in zip(listed, videos)]
     return {**uuids, "video": new if isinstance(ids, list) else new[0]}
+
+
+def _frames_as_given(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The HF video processor told not to resize: the package's media connector hands it each
+    clip at the reference's size already (the reference calls it with ``do_resize=False`` too).
+    Without this it shrinks a clip whose frames x height x width pass its own cap (25,165,824):
+    a 64-frame 1080p minute at the reference's 640x1152 came out 448x832 once ``max_model_len``
+    let all its frames in. Only where the package's connector prepares the videos; the offline
+    API passes ``do_resize=False`` itself."""
+    import os
+
+    from .settings import MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV
+
+    if os.environ.get(MEDIA_CONNECTOR_ENV) != MEDIA_CONNECTOR:
+        return args, kwargs
+    given = kwargs.get("mm_processor_kwargs", args[1] if len(args) > 1 else None) or {}
+    merged = {**given, "videos_kwargs": {**(given.get("videos_kwargs") or {}), "do_resize": False}}
+    if "mm_processor_kwargs" in kwargs or len(args) < 2:
+        return args, {**kwargs, "mm_processor_kwargs": merged}
+    return (args[0], merged, *args[2:]), kwargs
 
 
 def _with_uuids(args: tuple, kwargs: dict, uuids: Any) -> tuple[tuple, dict]:

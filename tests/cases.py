@@ -330,3 +330,34 @@ def resolution_change_ts(path: Path, sizes=((64, 48), (256, 192)), n: int = 8, f
         part.unlink()
     path.write_bytes(b"".join(parts))
     return path
+
+
+def exif_photo(path: Path, orientation: int = 6, w: int = 320, h: int = 200, seed: int = 4) -> Path:
+    """A photo-like JPEG as phone cameras write it: the pixels stored sideways with an EXIF
+    orientation tag (6: rotate 90 degrees clockwise to display). The reference embeds the stored
+    pixels; a server that applies the tag sees another image."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], axis=-1).astype(np.uint8)
+    arr[h // 4: h // 2, w // 5: w // 2] = (250, 30, 30)  # something that moves when rotated
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, "JPEG", quality=92, exif=exif.tobytes())
+    return path
+
+
+def long_text(n_words: int = 2500, seed: int = 11) -> str:
+    """A text longer than the embedding's 8,192 tokens on the tiny tokenizer (~3.7 tokens a
+    word: 2,500 words are ~9,300 tokens, 4,500 words ~16,700)."""
+    return _long_text(n_words=n_words, seed=seed)
+
+
+TEXT_LIST_PARTS = ["first part of the document, ", "second part", ""]
+
+
+def real_world_rerank(photo: Path) -> dict:
+    """The reranker input of the real-world test: a phone photo and a text list as documents."""
+    return {"query": {"text": "a red square on a gradient"},
+            "documents": [{"image": str(photo)}, {"text": list(TEXT_LIST_PARTS)},
+                          {"text": "a cat", "image": str(photo)}]}

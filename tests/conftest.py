@@ -30,6 +30,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SERVER_ARGS = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.25",
                "--max-num-seqs", "16"]
+FUZZ_ENV = "QWEN3VL_FUZZ_CASES"  # where the offline workers find the fuzzer's inputs
+
+
+def pytest_addoption(parser):
+    from fuzz_inputs import DEFAULT_N, DEFAULT_SEED
+
+    parser.addoption("--fuzz-seed", type=int, default=DEFAULT_SEED,
+                     help="seed of the differential fuzzer's inputs (tests/fuzz_inputs.py)")
+    parser.addoption("--fuzz-n", type=int, default=DEFAULT_N,
+                     help="how many inputs the differential fuzzer generates")
+
+
+@pytest.fixture(scope="session")
+def fuzz(request, tmp_path_factory):
+    """The fuzzer's inputs, made once per session and pickled for the offline workers."""
+    import pickle
+    import time
+    import types
+
+    from fuzz_inputs import embedding_cases, rerank_cases, split
+
+    seed, n = request.config.getoption("--fuzz-seed"), request.config.getoption("--fuzz-n")
+    root = tmp_path_factory.mktemp("fuzz")
+    t0 = time.monotonic()
+    n_embed, n_rerank = split(n)
+    made = types.SimpleNamespace(seed=seed, n=n, root=root,
+                                 embedding=embedding_cases(seed, n_embed, root / "embedding"),
+                                 rerank=rerank_cases(seed, n_rerank, root / "rerank"))
+    made.seconds = time.monotonic() - t0
+    made.pickle = root / "cases.pkl"
+    made.pickle.write_bytes(pickle.dumps({"embedding": made.embedding, "rerank": made.rerank}))
+    return made
 
 
 @pytest.fixture(scope="session")
@@ -96,30 +128,32 @@ def reranker_server(reranker_ckpt):
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
-def _run_worker(script: str, ckpt, tmp: Path, out: Path) -> None:
+def _run_worker(script: str, ckpt, tmp: Path, out: Path, fuzz=None) -> None:
     """Run an offline worker (tests/integration/*_worker.py); it writes ``out`` before exiting,
-    through the exit guard, so its own exit code must be 0 too."""
+    through the exit guard, so its own exit code must be 0 too. With ``fuzz`` it also runs the
+    fuzzer's inputs (no second engine start)."""
+    env = {**os.environ, **({FUZZ_ENV: str(fuzz.pickle)} if fuzz is not None else {})}
     proc = subprocess.run([sys.executable, str(INTEGRATION / script), str(ckpt), str(out),
-                           str(tmp / "media")], capture_output=True, text=True, timeout=900)
+                           str(tmp / "media")], capture_output=True, text=True, timeout=900, env=env)
     assert out.exists(), f"{script} wrote nothing (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")
-def offline_results(embedding_ckpt, tmp_path_factory):
+def offline_results(embedding_ckpt, tmp_path_factory, fuzz):
     import numpy as np
 
     tmp = tmp_path_factory.mktemp("offline")
     out = tmp / "results.npz"
-    _run_worker("offline_worker.py", embedding_ckpt, tmp, out)
+    _run_worker("offline_worker.py", embedding_ckpt, tmp, out, fuzz)
     return dict(np.load(out)), json.loads(out.with_suffix(".json").read_text()), tmp / "media"
 
 
 @pytest.fixture(scope="session")
-def offline_rerank(reranker_ckpt, tmp_path_factory):
+def offline_rerank(reranker_ckpt, tmp_path_factory, fuzz):
     tmp = tmp_path_factory.mktemp("offline-rerank")
     out = tmp / "results.json"
-    _run_worker("offline_rerank_worker.py", reranker_ckpt, tmp, out)
+    _run_worker("offline_rerank_worker.py", reranker_ckpt, tmp, out, fuzz)
     return json.loads(out.read_text()), tmp / "media"
 
 

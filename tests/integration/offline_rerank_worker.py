@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> int:
@@ -39,6 +40,17 @@ def main() -> int:
                 results["errors"][key] = "no error raised"
             except (MediaError, InputError) as e:
                 results["errors"][key] = f"{type(e).__name__}: {e}"
+        from cases import exif_photo, real_world_rerank
+
+        results["real"] = model.process(real_world_rerank(exif_photo(tmp / "real" / "phone.jpg")))
+        from offline_worker import fuzz_cases
+
+        results["fuzz"], results["fuzz_errors"] = {}, {}
+        for case in fuzz_cases("rerank"):  # the differential fuzzer's inputs
+            try:
+                results["fuzz"][case.name] = model.process(case.item)
+            except Exception as e:  # noqa: BLE001 - recorded: the test tells typed errors apart
+                results["fuzz_errors"][case.name] = f"{type(e).__name__}: {e}"
     out.write_text(json.dumps(results))
     print("offline rerank worker: done", flush=True)
     return 0

@@ -15,6 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def fuzz_cases(kind: str) -> list:
+    """The fuzzer's inputs of one kind, when the test session passed them (``QWEN3VL_FUZZ_CASES``)."""
+    import os
+    import pickle
+
+    path = os.environ.get("QWEN3VL_FUZZ_CASES")
+    return pickle.loads(Path(path).read_bytes())[kind] if path else []
+
+
 def main() -> int:
     import numpy as np
 
@@ -68,6 +77,22 @@ def main() -> int:
             errors["matrix/text over max length"] = f"{type(e).__name__}: {e}"
         results["after_matrix"] = model.process([cases["text"]])[0]
         _ = noise_image
+        from cases import exif_photo, long_text
+
+        results["real/phone"] = model.process([{"image": str(exif_photo(tmp / "real" / "phone.jpg"))}])[0]
+        for words in (2500, 4500):
+            item = {"text": long_text(words)}
+            results[f"real/long{words}"] = model.process([item], truncate=True)[0]
+            try:
+                model.process([item])
+                errors[f"real/long{words}-default"] = "no error raised"
+            except InputError as e:
+                errors[f"real/long{words}-default"] = f"{type(e).__name__}: {e}"
+        for case in fuzz_cases("embedding"):  # the differential fuzzer's inputs, one call each
+            try:
+                results[f"fuzz/{case.name}"] = model.process([case.item], truncate=case.truncate)[0]
+            except Exception as e:  # noqa: BLE001 - recorded: the test tells typed errors apart
+                errors[f"fuzz/{case.name}"] = f"{type(e).__name__}: {e}"
     np.savez(out, **{k: np.asarray(v) for k, v in results.items()})
     out.with_suffix(".json").write_text(json.dumps(errors))
     print("offline worker: done", flush=True)

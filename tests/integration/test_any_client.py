@@ -296,8 +296,24 @@ def test_run_batch_embeddings(embedding_ckpt, reference_embedder, tmp_path):
     lines.append({"custom_id": "messages", "method": "POST", "url": "/v1/embeddings",
                   "body": {"model": str(embedding_ckpt), "add_generation_prompt": True,
                            "messages": [{"role": "user", "content": [{"type": "text", "text": "a cat"}]}]}})
+    # real-world inputs: a phone photo (EXIF orientation 6), a text over 8,192 tokens with the cut
+    from cases import exif_photo, long_text
+
+    photo = exif_photo(tmp_path / "phone.jpg")
+    lines.append({"custom_id": "photo", "method": "POST", "url": "/v1/embeddings",
+                  "body": {"model": str(embedding_ckpt), "add_generation_prompt": True, "messages": [
+                      {"role": "system", "content": "Represent the user's input."},
+                      {"role": "user", "content": [{"type": "image_url", "image_url": {
+                          "url": "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()}}]}]}})
+    lines.append({"custom_id": "long", "method": "POST", "url": "/v1/embeddings",
+                  "body": {"model": str(embedding_ckpt), "input": long_text(2500),
+                           "truncate_prompt_tokens": -1, "truncation_side": "right"}})
     rows = _run_batch(embedding_ckpt, lines, tmp_path, "embed")
     ref = reference_embedder.process([{"text": t} for t in CLIENT_TEXTS[:3]] + [{"text": "a cat"}])
+    real = reference_embedder.process([{"image": str(photo)}, {"text": long_text(2500)}])
+    real_cos = _cos_rows([rows[k]["response"]["body"]["data"][0]["embedding"] for k in ("photo", "long")], real)
+    _report("run_batch phone photo and long text (cut)", real_cos)
+    assert real_cos.min() >= COS_BOUND
     ref_named = reference_embedder.process([{"text": t, "instruction": NAMED_INSTRUCTIONS["query"]}
                                             for t in CLIENT_TEXTS[:2]])
     got = [rows[f"t{i}"]["response"]["body"]["data"][0]["embedding"] for i in range(3)]
@@ -309,9 +325,13 @@ def test_run_batch_embeddings(embedding_ckpt, reference_embedder, tmp_path):
 
 
 def test_run_batch_rerank_and_score(reranker_ckpt, reference_reranker, tmp_path):
-    docs = ["a cat", "", "the stock market"]
+    from cases import TEXT_LIST_PARTS
+
+    docs = ["a cat", "", "the stock market",
+            {"content": [{"type": "text", "text": t} for t in TEXT_LIST_PARTS]}]  # a text list
     ref = reference_reranker.process({"query": {"text": "a cat on a mat"},
-                                      "documents": [{"text": d} for d in docs]})
+                                      "documents": [{"text": d} for d in docs[:3]]
+                                      + [{"text": list(TEXT_LIST_PARTS)}]})
     lines = [{"custom_id": "rerank", "method": "POST", "url": "/v1/rerank",
               "body": {"model": str(reranker_ckpt), "query": "a cat on a mat", "documents": docs}},
              {"custom_id": "score", "method": "POST", "url": "/score",

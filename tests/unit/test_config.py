@@ -192,3 +192,18 @@ def test_deploy_configmap_holds_the_effective_config(overrides):
     gpus = served.parallel.data_parallel_size * served.parallel.tensor_parallel_size
     assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
     assert served.instructions == expected.instructions
+
+
+def test_truncate_and_decode_limits_reach_the_server_env():
+    from qwen3vl_vllm.config import load_config
+    from qwen3vl_vllm.launcher import server_env
+
+    cfg = load_config("configs/tiny-embedding-cpu.yaml", ["server.truncate=true",
+                                                          "media.max_decode_seconds=5",
+                                                          "media.max_decoded_bytes_per_request=1000"])
+    env = server_env(cfg, base={})
+    assert env["QWEN3VL_TRUNCATE"] == "1" and env["QWEN3VL_MAX_DECODE_SECONDS"] == "5"
+    assert env["QWEN3VL_MAX_REQUEST_DECODED_BYTES"] == "1000"
+    assert server_env(load_config("configs/tiny-embedding-cpu.yaml"), base={})["QWEN3VL_TRUNCATE"] == "0"
+    with pytest.raises(Exception, match="media.max_decode_seconds: must be >= 0"):
+        load_config("configs/tiny-embedding-cpu.yaml", ["media.max_decode_seconds=-1"])

@@ -122,3 +122,23 @@ def test_config_instructions_reach_the_server_env(tmp_path):
         load_config(None, data={"model": "m", "instructions": {"query": 3}})
     with pytest.raises(ConfigError, match="instructions: expected mapping"):
         load_config(None, data={"model": "m", "instructions": ["a"]})
+
+
+def test_truncation_follows_the_request_then_the_server(monkeypatch):
+    import types
+
+    from qwen3vl_vllm import embed_inputs as E
+
+    monkeypatch.delenv(E.TRUNCATE_ENV, raising=False)
+    assert E.truncation(None, None) == (None, None)           # default: over-long -> 400
+    assert E.truncation(-1, None) == (-1, "right")             # asked: the reference's side
+    assert E.truncation(100, "left") == (100, "left")          # the caller's own side wins
+    monkeypatch.setenv(E.TRUNCATE_ENV, "1")
+    assert E.truncation(None, None) == (-1, "right")           # the server's setting
+    cohere = lambda t, m=None: types.SimpleNamespace(truncate=t, max_tokens=m)  # noqa: E731
+    assert E.cohere_truncation(cohere("END")) == (-1, "right")
+    assert E.cohere_truncation(cohere(None)) == (-1, "right")  # Cohere's default is END
+    assert E.cohere_truncation(cohere("END", 500)) == (500, "right")
+    assert E.cohere_truncation(cohere("NONE")) == (None, None)
+    with pytest.raises(ValueError, match="Send truncate: END"):
+        E.cohere_truncation(cohere("START"))

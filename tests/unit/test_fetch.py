@@ -101,7 +101,7 @@ def test_an_exact_origin_may_be_allowed_and_its_redirects_are_checked(servers):
     policy = S.MediaPolicy(allowed_origins=(allowed.origin,))
     assert S.source_bytes(allowed.origin + "/img.png", "x", policy) == PNG
     assert S.source_bytes(allowed.origin + "/to-self", "x", policy) == PNG  # same origin: fine
-    for path, fragment in (("/to-other", f"points to 127.0.0.1"), ("/to-private", "points to 10.255.255.1")):
+    for path, fragment in (("/to-other", "points to 127.0.0.1"), ("/to-private", "points to 10.255.255.1")):
         with pytest.raises(MediaError, match=fragment):
             S.source_bytes(allowed.origin + path, "x", policy)
     assert other.hits == []  # refused without connecting

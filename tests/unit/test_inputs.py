@@ -82,7 +82,32 @@ def test_wrong_types_are_named():
     with pytest.raises(InputError, match=r"inputs\[0\].text\[0\]"):
         I.embedding_conversation({"text": 3}, index=0)
     with pytest.raises(InputError, match=r"inputs\[2\].max_frames"):
-        I.embedding_conversation({"text": "x", "max_frames": 0}, index=2)
+        I.embedding_conversation({"text": "x", "max_frames": 1}, index=2)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(InputError, match=r"inputs\[1\].fps"):
+            I.embedding_conversation({"video": "a.mp4", "fps": bad}, index=1)
+
+
+def test_zero_fps_and_max_frames_mean_the_default():
+    """Upstream: ``fps or self.fps``, ``max_frames or self.max_frames``."""
+    conv = I.embedding_conversation({"video": "a.mp4", "fps": 0, "max_frames": 0})
+    part = conv[1]["content"][0]
+    assert part["fps"] == I.DEFAULT_SETTINGS.fps and part["max_frames"] == I.DEFAULT_SETTINGS.max_frames
+
+
+@pytest.mark.parametrize("video,expected", [
+    ("clip.mp4", ["clip.mp4"]),
+    (["clip.ts"], ["clip.ts"]),                                  # a list of one video file
+    (["a.3gp", "b.mp4"], ["a.3gp", "b.mp4"]),
+    (["https://x.test/v1", "https://x.test/v2"], ["https://x.test/v1", "https://x.test/v2"]),
+    (["f1.png", "f2.jpg"], [["f1.png", "f2.jpg"]]),              # frames: first is an image path
+    (["https://x.test/f.png?s=1", "f2.png"], [["https://x.test/f.png?s=1", "f2.png"]]),
+    ([["f1.png", "f2.png"], "clip.mp4"], [["f1.png", "f2.png"], "clip.mp4"]),  # a mix
+])
+def test_videos_split_by_upstream_rule(video, expected):
+    """Upstream ``is_video_input``: a list is one video of frames only when its first element
+    is a frame (an image path or image)."""
+    assert I.split_videos(video) == expected
 
 
 def test_rerank_request_rules():

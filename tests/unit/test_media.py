@@ -223,3 +223,26 @@ def test_local_files_stay_allowed(tmp_path):
     path = tmp_path / "mine.png"
     Image.new("RGB", (8, 8)).save(path)
     assert M.load_image(str(path), "x").size == (8, 8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_never_applied(orientation, tmp_path):
+    """qwen-vl-utils embeds the stored pixels of a photo whatever its EXIF orientation; the
+    prepared image keeps no orientation, so vLLM's ``normalize_image`` (which rotates every PIL
+    image by its EXIF block) leaves it as it is."""
+    from qwen_vl_utils.vision_process import fetch_image
+    from vllm.multimodal.image import normalize_image
+
+    from cases import exif_photo
+
+    path = exif_photo(tmp_path / "p.jpg", orientation=orientation)
+    want = fetch_image({"image": str(path), "min_pixels": 4096, "max_pixels": 1843200}, image_patch_size=16)
+    for src in (str(path), path.read_bytes(), Image.open(path)):
+        got = M.prepare_image(src, min_pixels=4096, max_pixels=1843200)
+        assert got.size == want.size and got.tobytes() == want.tobytes()
+        after = normalize_image(got)
+        assert after.size == want.size and after.tobytes() == want.tobytes(), orientation
+    mine = Image.open(path)
+    mine.load()
+    M.prepare_image(mine, min_pixels=4096, max_pixels=1843200)
+    assert "exif" in mine.info  # the caller's own image object is not changed

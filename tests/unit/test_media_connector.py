@@ -74,8 +74,10 @@ def test_data_url_parameters():
     assert mc._params("Video/MP4;name=x.mp4", "v") == ("video/mp4", {})
     with pytest.raises(MediaError, match="max_frames='one'"):
         mc._params("video/mp4;max_frames=one", "v")
-    with pytest.raises(MediaError, match="fps=0"):
-        mc._params("video/mp4;fps=0", "v")
+    assert mc._params("video/mp4;fps=0;max_frames=0", "v") == ("video/mp4", {})  # upstream: 0 is the default
+    for bad in ("fps=nan", "fps=inf", "fps=-1", "max_frames=1"):
+        with pytest.raises(MediaError, match=bad.replace("=", "=").split("=")[0]):
+            mc._params(f"video/mp4;{bad}", "v")
 
 
 def test_bad_image_is_a_named_media_error():
@@ -91,3 +93,19 @@ def test_connector_is_registered_once():
     mc.register()
     mc.register()
     assert MEDIA_CONNECTOR_REGISTRY.name2class[mc.NAME] is mc.Qwen3VLMediaConnector
+
+
+def test_configured_pixel_bounds_reach_the_connector():
+    """A config's media.min_pixels/max_pixels travel in media_io_kwargs (the engine settings
+    the launcher and the plugin give vLLM) to the connector, which then resizes once, to them."""
+    from qwen3vl_vllm.inputs import MediaSettings
+    from qwen3vl_vllm.settings import media_io_kwargs
+
+    bounds = MediaSettings(min_pixels=8192, max_pixels=65536)
+    connector = mc.Qwen3VLMediaConnector(media_io_kwargs=media_io_kwargs(bounds))
+    io_ = connector._reference_image_io()
+    assert (io_.min_pixels, io_.max_pixels) == (8192, 65536)
+    img = io_.load_bytes(_png(_noise(640, 480, 9))).media
+    assert img.width * img.height <= 65536 and img.width % 32 == 0 and img.height % 32 == 0
+    default = mc.Qwen3VLMediaConnector(media_io_kwargs=media_io_kwargs())._reference_image_io()
+    assert default.max_pixels == 1843200

@@ -118,3 +118,16 @@ def test_patch_is_idempotent_and_marked():
     first = CrossEncoderIOProcessor.get_score_prompt
     assert st.patch() is None and CrossEncoderIOProcessor.get_score_prompt is first
     assert getattr(first, st._SENTINEL)
+
+
+def test_text_parts_of_a_side_are_concatenated_as_the_reference_does():
+    """vLLM joins a side's text parts with "\\n"; the reference puts them one after the other."""
+    from qwen3vl_vllm.score_truncation import reference_side
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,x"}}
+    texts = [{"type": "text", "text": "first, "}, {"type": "text", "text": "second"},
+             {"type": "text", "text": ""}]
+    assert reference_side(texts) == [{"type": "text", "text": "first, second"}]
+    assert reference_side([image, *texts]) == [image, {"type": "text", "text": "first, second"}]
+    assert reference_side([texts[0], image]) == [texts[0], image]  # one text part: as given
+    assert reference_side([]) == "NULL" and reference_side("") == "" and reference_side("q") == "q"

@@ -352,3 +352,14 @@ def test_every_post_route_is_watched():
         sent = _run(_app(400, "Failed to load image: cannot identify image file"), body, path=path)
         assert sent[0]["status"] == 400
         assert json.loads(sent[1]["body"])["error"]["message"].startswith("messages[0].content[0]"), path
+
+
+def test_over_long_inputs_get_the_fix_named():
+    too_long = ("This model's maximum context length is 8192 tokens. However, your prompt contains "
+                "at least 8193 input tokens.")
+    sent = _run(_app(400, too_long), {"model": "m", "input": "x"}, path="/v1/embeddings")
+    message = json.loads(sent[1]["body"])["error"]["message"]
+    assert message.startswith(too_long[:-1]) and '"truncate_prompt_tokens": -1' in message
+    assert "QWEN3VL_TRUNCATE=1" in message
+    sent = _run(_app(400, too_long), {"query": "q", "documents": ["d"]}, path="/v1/rerank")
+    assert "fewer frames" in json.loads(sent[1]["body"])["error"]["message"]

@@ -96,7 +96,9 @@ def test_plugin_offline_launcher_and_benchmarks_agree(kind):
     # the benchmarks' plain-vLLM server: the same, less what only the plugin's loader reads
     plain = _from_launcher(kind, plugin=False)
     video = dict(expected["media_io_kwargs"]["video"])
-    for key in ("video_backend", "qwen3vl_fps", "qwen3vl_max_frames"):
+    from qwen3vl_vllm.launcher import PLUGIN_ONLY_VIDEO_KEYS
+
+    for key in PLUGIN_ONLY_VIDEO_KEYS:
         video.pop(key)
     assert plain == {**expected, "media_io_kwargs": {"video": video}}
 

@@ -221,3 +221,48 @@ def test_config_video_fit_reaches_the_server_env():
     assert server_env(load_config(None, data={"model": "m"}), base={})[F.FIT_ENV] == "fit"
     with pytest.raises(ConfigError, match="server.video_fit: 'cut' is not one of fit, refuse"):
         load_config(None, data={"model": "m", "server": {"video_fit": "cut"}})
+
+
+def test_hf_video_processor_would_shrink_a_reference_sized_clip():
+    """Why the server passes ``do_resize=False`` for videos: the HF processor shrinks a clip
+    whose frames x height x width pass its cap, although the media connector already made it
+    the reference's size (a 64-frame 1080p minute: 640x1152)."""
+    from pathlib import Path
+
+    from transformers import AutoProcessor
+
+    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+
+    ckpt = ensure_checkpoint(Path(__file__).resolve().parents[2] / ".cache" / "checkpoints",
+                             kind="embedding", size="tiny")
+    processor = AutoProcessor.from_pretrained(ckpt).video_processor
+    clip = np.zeros((64, 640, 1152, 3), dtype=np.uint8)
+    meta = {"fps": 1.0, "duration": 64.0, "total_num_frames": 64, "frames_indices": list(range(64))}
+    grids = [processor(videos=[clip], video_metadata=[meta], do_sample_frames=False,
+                       return_tensors="pt", **kw)["video_grid_thw"].tolist()[0] for kw in ({}, {"do_resize": False})]
+    assert grids[0] != grids[1] and grids[1] == [32, 640 // 16, 1152 // 16], grids
+
+
+def test_server_videos_reach_the_processor_unresized(monkeypatch):
+    """With the package's connector, the renderer hands the processor ``videos_kwargs``
+    with ``do_resize=False`` (and the caller's own processor kwargs kept)."""
+    import types
+
+    monkeypatch.setenv("VLLM_MEDIA_CONNECTOR", "qwen3vl")
+    seen = {}
+
+    def original(renderer, prompt, mm_data, mm_uuids, mm_processor_kwargs, *a, **kw):
+        seen["kwargs"] = mm_processor_kwargs
+        return {"prompt_token_ids": list(prompt)}
+
+    renderer = types.SimpleNamespace(model_config=types.SimpleNamespace(
+        model="Qwen/Qwen3-VL-Embedding-2B", max_model_len=8192, multimodal_config=None),
+        get_tokenizer=lambda: types.SimpleNamespace(encode=lambda text, add_special_tokens=False: [1, 2]))
+    frames = np.zeros((4, 64, 64, 3), dtype=np.float32)
+    meta = {"fps": 2.0, "frames_indices": [0, 1, 2, 3], "total_num_frames": 4}
+    H.process_multimodal(renderer, original, [1, 2, 3], {"video": [(frames, meta)]}, None,
+                         {"images_kwargs": {"min_pixels": 1}})
+    assert seen["kwargs"] == {"images_kwargs": {"min_pixels": 1}, "videos_kwargs": {"do_resize": False}}
+    monkeypatch.setenv("VLLM_MEDIA_CONNECTOR", "http")  # vLLM's own connector: left alone
+    H.process_multimodal(renderer, original, [1, 2, 3], {"video": [(frames, meta)]}, None, None)
+    assert seen["kwargs"] is None
