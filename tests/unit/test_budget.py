@@ -44,6 +44,45 @@ def test_vllm_request_budget_caps_ours():
         B.request_limit({B.REQUEST_BYTES_ENV: "-1"})
 
 
+def test_vllm_default_budget_applies_when_its_variable_is_unset(monkeypatch):
+    """vLLM 0.33 caps a request at 715,827,880 decoded bytes by default; the plugin's connector
+    replaces vLLM's, so that default must still hold (0.32 has no such setting)."""
+    import sys
+    import types
+
+    import vllm
+
+    def use(envs):
+        monkeypatch.setitem(sys.modules, "vllm.envs", envs)
+        monkeypatch.setattr(vllm, "envs", envs)
+
+    monkeypatch.delenv(B.VLLM_REQUEST_BYTES_ENV, raising=False)
+    monkeypatch.delenv(B.REQUEST_BYTES_ENV, raising=False)
+    newer = types.ModuleType("vllm.envs")
+    newer.VLLM_MAX_MEDIA_REQUEST_DECODE_BYTES = 715_827_880
+    use(newer)
+    assert B.request_limit() == 715_827_880
+    with pytest.raises(B.DecodeLimitError, match=r"above the limit of 682\.7 MiB "
+                                                 r"\(VLLM_MAX_MEDIA_REQUEST_DECODE_BYTES\)"):
+        B.DecodeBudget(seconds=0).charge(800 * 2**20, "inputs[0].image")
+    use(types.ModuleType("vllm.envs"))  # 0.32: no such setting
+    assert B.request_limit() == B.DEFAULT_REQUEST_BYTES
+    monkeypatch.setenv(B.VLLM_REQUEST_BYTES_ENV, "1000")  # set by hand: honoured on any vLLM
+    assert B.request_limit() == 1000
+
+
+def test_installed_vllm_budget_is_never_loosened(monkeypatch):
+    import vllm.envs
+
+    monkeypatch.delenv(B.VLLM_REQUEST_BYTES_ENV, raising=False)
+    monkeypatch.delenv(B.REQUEST_BYTES_ENV, raising=False)
+    theirs = getattr(vllm.envs, B.VLLM_REQUEST_BYTES_ENV, None)
+    if theirs is None:
+        assert B.request_limit() == B.DEFAULT_REQUEST_BYTES
+    else:
+        assert 0 < B.request_limit() <= theirs
+
+
 def test_time_limit_is_checked():
     b = B.DecodeBudget(limit=0, seconds=0.05)
     b.check_time("x")  # starts the clock

@@ -246,3 +246,23 @@ def test_exif_orientation_is_never_applied(orientation, tmp_path):
     mine.load()
     M.prepare_image(mine, min_pixels=4096, max_pixels=1843200)
     assert "exif" in mine.info  # the caller's own image object is not changed
+
+
+@pytest.mark.parametrize("colors", [16, 256])
+def test_palette_transparency_is_never_composited(colors, tmp_path):
+    """qwen-vl-utils converts a palette PNG with a tRNS colour key to RGB and keeps every pixel;
+    ``convert("RGB")`` leaves the key in ``info``, and vLLM 0.33's ``convert_image_mode`` pastes
+    an RGB image that has one onto white. The prepared image carries no key, so vLLM's mode
+    conversion (run on every image it is handed) leaves the reference's pixels as they are."""
+    from qwen_vl_utils.vision_process import fetch_image
+    from vllm.multimodal.image import convert_image_mode
+
+    path = tmp_path / "p.png"
+    rgb = _img("RGB", h=96, w=80, seed=colors)
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=colors).save(path, "PNG", transparency=3)
+    want = fetch_image({"image": str(path), "min_pixels": 4096, "max_pixels": 1843200}, image_patch_size=16)
+    for src in (str(path), path.read_bytes(), Image.open(path)):
+        got = M.prepare_image(src, min_pixels=4096, max_pixels=1843200)
+        assert "transparency" not in got.info
+        after = convert_image_mode(got, "RGB")
+        assert after.size == want.size and after.tobytes() == want.tobytes(), type(src)

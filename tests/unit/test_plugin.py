@@ -151,7 +151,7 @@ def test_reranker_template_renders_reference_prompt():
     assert "<Instruct>: Given a search query" in tpl.render(messages=msgs, instruction="")
 
 
-# ---- the version gate and missing pieces (each failure simulated)
+# ---- the contract gate and missing pieces (each failure simulated)
 
 
 class AsyncEngineArgs(types.SimpleNamespace):
@@ -161,7 +161,7 @@ class AsyncEngineArgs(types.SimpleNamespace):
 @pytest.fixture()
 def state(monkeypatch):
     monkeypatch.setattr(plugin, "_STATE", {**plugin._STATE, "missing": {}, "tested": True,
-                                           "version": "0.32.0"})
+                                           "version": "0.32.0", "contract": []})
     return plugin._STATE
 
 
@@ -170,35 +170,51 @@ def test_gate_reads_the_real_engine_version(monkeypatch):
 
     import vllm
 
-    monkeypatch.setattr(vllm, "__version__", "0.33.1")
+    from qwen3vl_vllm import contract
+
+    monkeypatch.setattr(vllm, "__version__", "0.34.1")
     monkeypatch.setattr(md, "version", lambda name: "0.32.0+cpu")  # a stale metadata alias
-    assert plugin._vllm_version() == "0.33.1" and not plugin._tested("0.33.1")
+    assert plugin._vllm_version() == "0.34.1" and not contract.tested("0.34.1")
+    assert contract.tested("0.32.0+cpu") and contract.tested("0.33.0") and contract.tested("0.33.2")
 
 
+@pytest.mark.parametrize("kind", ["embedding", "reranker"])
 @pytest.mark.parametrize("piece", ["serve template and middleware hook", "media connector",
-                                   "reranker truncation", "video loader"])
-def test_reranker_server_refuses_to_start_without_a_piece(state, piece):
+                                   "video loader", "video fitting"])
+def test_a_server_refuses_to_start_without_a_piece(state, piece, kind):
     state["missing"][piece] = "not installed (not found in this vLLM)"
-    args = AsyncEngineArgs(model="Qwen/Qwen3-VL-Reranker-2B")
     with pytest.raises(RuntimeError) as err:
-        plugin._gate("reranker", args)
+        plugin._gate(kind, AsyncEngineArgs(model=f"Qwen/Qwen3-VL-{kind}-2B"))
     message = str(err.value)
-    assert piece in message and "0.32.x" in message and "QWEN3VL_VLLM_KIND=none" in message
+    assert piece in message and "0.32.x and 0.33.x" in message and "QWEN3VL_VLLM_KIND=none" in message
 
 
-def test_untested_version_refuses_reranker_and_warns_embedding(state, caplog):
+def test_a_missing_contract_symbol_refuses_every_detected_checkpoint(state):
+    """A vLLM symbol the plugin needs is gone: servers and (for what it uses) offline engines
+    refuse to start, naming it; never a silently inactive plugin."""
+    state["contract"] = [("BaseRenderer._process_multimodal not found in vllm.renderers.base "
+                          "(needed for video fitting (wrapped))", "all"),
+                         ("MediaConnector._load_file_url not found in vllm.multimodal.media "
+                          "(needed for overridden: safe local reads)", "server")]
+    for kind in ("embedding", "reranker"):
+        with pytest.raises(RuntimeError, match="_process_multimodal not found.*_load_file_url"):
+            plugin._gate(kind, AsyncEngineArgs(model="m"))
+    with pytest.raises(RuntimeError) as err:
+        plugin._gate("embedding", types.SimpleNamespace(model="m"))  # offline: what it uses
+    assert "_process_multimodal" in str(err.value) and "_load_file_url" not in str(err.value)
+
+
+def test_untested_version_with_the_contract_holding_serves_with_a_warning(state, caplog):
     state["tested"], state["version"] = False, "0.40.0"
-    with pytest.raises(RuntimeError, match="vLLM 0.40.0 is not a tested version"):
-        plugin._gate("reranker", AsyncEngineArgs(model="r"))
     with caplog.at_level("WARNING", logger="vllm.qwen3vl_vllm"):
-        plugin._gate("embedding", AsyncEngineArgs(model="Qwen/Qwen3-VL-Embedding-2B"))
-    assert "without all hooks" in caplog.text and "0.40.0" in caplog.text
+        plugin._gate("reranker", AsyncEngineArgs(model="Qwen/Qwen3-VL-Reranker-2B"))
+    assert "vLLM 0.40.0, which this package was not tested with" in caplog.text
 
 
-def test_gate_ignores_offline_engines_and_unneeded_pieces(state):
+def test_gate_ignores_unneeded_pieces(state):
     state["missing"]["reranker truncation"] = "not installed (x)"
-    plugin._gate("reranker", types.SimpleNamespace(model="r"))  # offline EngineArgs: not gated
-    plugin._gate("embedding", AsyncEngineArgs(model="e"))  # not an embedding piece: no warning
+    plugin._gate("reranker", types.SimpleNamespace(model="r"))  # offline: renders its own prompts
+    plugin._gate("embedding", AsyncEngineArgs(model="e"))  # not an embedding piece
     state["missing"].clear()
     plugin._gate("reranker", AsyncEngineArgs(model="r"))  # everything installed
 
