@@ -61,7 +61,8 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol(("vllm.entrypoints.launchers.api_server.entry",), "build_app", ("args",),
            "serve defaults on every server entry point, python -m included (wrapped)"),
     Symbol(("vllm.entrypoints.launchers.run_batch",), "build_endpoint_registry",
-           ("engine_client", "args"), "the batch runner's templates (wrapped)"),
+           ("engine_client", "args"),
+           "the batch runner's templates, and JSON its embeddings rows parse from (wrapped)"),
     # media: the video loader and the media connector
     Symbol(("vllm.multimodal.video",), "VIDEO_LOADER_REGISTRY.register", (), "the qwen3vl video loader"),
     Symbol(("vllm.multimodal.video",), "VideoLoader.load_bytes", ("data",), "subclassed"),

@@ -332,12 +332,51 @@ def _patch_run_batch() -> None:
         return
 
     async def build_endpoint_registry(engine_client, args, *a, **kw):
-        apply_serve_defaults(args)
-        return await original(engine_client, args, *a, **kw)
+        kind = apply_serve_defaults(args)
+        registry = await original(engine_client, args, *a, **kw)
+        if kind is not None and isinstance(registry, dict):
+            _json_embeddings_for_the_runner(registry)
+        return registry
 
     build_endpoint_registry._qwen3vl_vllm = True
     module.build_endpoint_registry = build_endpoint_registry
     _STATE["patched"].append("run_batch.build_endpoint_registry")
+
+
+def _json_embeddings_for_the_runner(registry: dict) -> None:
+    """vLLM 0.33's embeddings handler answers with a plain ``Response`` (an orjson body), which
+    its own batch runner does not parse: every ``/v1/embeddings`` row came back as "Request must
+    not be sent in stream mode" (0.32 answered with a ``JSONResponse``, which it does parse).
+    The runner's embeddings handler is given the ``JSONResponse`` it parses; the same vectors
+    (a JSON round trip of float32 values is exact). Answers of other types pass untouched."""
+    entry = registry.get("embeddings")
+    getter = entry.get("handler_getter") if isinstance(entry, dict) else None
+    if getter is None or getattr(getter, "_qwen3vl_vllm", False):
+        return
+
+    def handler_getter():
+        handler = getter()
+        if handler is None:
+            return None
+
+        async def embeddings(*a, **kw):
+            return _parseable(await handler(*a, **kw))
+
+        return embeddings
+
+    handler_getter._qwen3vl_vllm = True
+    entry["handler_getter"] = handler_getter
+    logger.info("qwen3vl-vllm: batch runner: /v1/embeddings answers as JSON the runner parses")
+
+
+def _parseable(response: Any) -> Any:
+    import json
+
+    from starlette.responses import JSONResponse, Response
+
+    if type(response) is Response and (response.media_type or "").startswith("application/json"):
+        return JSONResponse(content=json.loads(response.body), status_code=response.status_code)
+    return response
 
 
 def _install(piece: str, installer) -> None:

@@ -284,6 +284,9 @@ def _run_batch(ckpt, lines: list[dict], tmp_path, name: str) -> list[dict]:
     assert out.exists(), f"run_batch wrote nothing (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     assert len(rows) == len(lines), rows
+    failed = {r["custom_id"]: r.get("error") or (r.get("response") or {}).get("body")
+              for r in rows if not ((r.get("response") or {}).get("status_code") == 200)}
+    assert not failed, f"rows without a 200: {failed}\n{proc.stderr[-2000:]}"
     return {r["custom_id"]: r for r in rows}
 
 
