@@ -51,13 +51,13 @@ flavour() {
 setup() {
   local fl want
   fl="$(flavour)"
-  want="$fl $(cat "$ROOT/pyproject.toml" "$ROOT/qwen3vl_vllm/envfix.py" | sha256sum | cut -c1-16)"
+  want="$fl $(cat "$ROOT/pyproject.toml" "$ROOT/qwen3vl_vllm/ops/envfix.py" | sha256sum | cut -c1-16)"
   if [[ ! -x "$PY" ]]; then
     local base="${QWEN3VL_PYTHON:-python3}"
     log "creating .venv with $base"
     "$base" -m venv "$VENV"
   fi
-  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && "$PY" -m qwen3vl_vllm.envfix --check >/dev/null 2>&1; then
+  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && "$PY" -m qwen3vl_vllm.ops.envfix --check >/dev/null 2>&1; then
     return 0
   fi
   log "installing qwen3vl-vllm[$fl,dev] into .venv (first run: a few minutes)"
@@ -72,7 +72,7 @@ setup() {
   else
     "$PY" -m pip install -q "${pipargs[@]}" -e "$ROOT[gpu,dev]"
   fi
-  "$PY" -m qwen3vl_vllm.envfix
+  "$PY" -m qwen3vl_vllm.ops.envfix
   echo "$want" > "$STAMP"
   log "setup done ($fl)"
 }
@@ -99,7 +99,7 @@ setup_other_vllm() {  # sets OTHER_VENV
   local version="$1" short="${1%.*}" venv stamp
   venv="$ROOT/.venv-vllm${short//./}"
   OTHER_VENV="$venv"
-  stamp="$version $(cat "$ROOT/pyproject.toml" "$ROOT/qwen3vl_vllm/envfix.py" | sha256sum | cut -c1-16)"
+  stamp="$version $(cat "$ROOT/pyproject.toml" "$ROOT/qwen3vl_vllm/ops/envfix.py" | sha256sum | cut -c1-16)"
   if [[ -x "$venv/bin/python" && -f "$venv/.qwen3vl-stamp" && "$(cat "$venv/.qwen3vl-stamp")" == "$stamp" ]]; then
     return 0
   fi
@@ -127,7 +127,7 @@ PY
   VLLM_TARGET_DEVICE=empty "${pip[@]}" --no-build-isolation -c "$constraints" "$sdist" >&2
   "${pip[@]}" -c "$constraints" -e "$ROOT[dev]" >&2
   "$venv/bin/python" -m pip uninstall -q -y torchaudio torchcodec >/dev/null 2>&1 || true
-  "$venv/bin/python" -m qwen3vl_vllm.envfix >&2
+  "$venv/bin/python" -m qwen3vl_vllm.ops.envfix >&2
   echo "$stamp" > "$venv/.qwen3vl-stamp"
 }
 
@@ -178,14 +178,14 @@ case "$cmd" in
   demo)
     setup
     cd "$ROOT"
-    exec "$PY" -m qwen3vl_vllm.cli demo "$@"
+    exec "$PY" -m qwen3vl_vllm.ops.cli demo "$@"
     ;;
   serve)
     setup
     [[ $# -ge 1 ]] || { echo "usage: ./launch.sh serve CONFIG.yaml [--set key=value ...] [--dry-run]" >&2; exit 2; }
     cfg="$1"; shift
     cd "$ROOT"
-    exec "$PY" -m qwen3vl_vllm.cli serve --config "$cfg" "$@"
+    exec "$PY" -m qwen3vl_vllm.ops.cli serve --config "$cfg" "$@"
     ;;
   bench)
     setup
@@ -200,7 +200,7 @@ case "$cmd" in
     if [[ "${1:-}" == --cpu-kernels ]]; then kernels=1; shift; fi
     setup_other_vllm "$version"
     cd "$ROOT"
-    "$OTHER_VENV/bin/python" -m qwen3vl_vllm.contract
+    "$OTHER_VENV/bin/python" -m qwen3vl_vllm.serving.contract
     check_gpu_extra_keeps_vllm "$OTHER_VENV"
     if [[ "$kernels" == 1 ]]; then
       setup

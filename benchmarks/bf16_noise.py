@@ -36,9 +36,9 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
-    from qwen3vl_vllm.offline import Qwen3VLReranker
-    from qwen3vl_vllm.reference import ReferenceReranker
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.offline.engines import Qwen3VLReranker
+    from qwen3vl_vllm.testing.reference import ReferenceReranker
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

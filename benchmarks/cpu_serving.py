@@ -97,7 +97,7 @@ def run_config(kind: str, ckpt: str, reserved: int | None, log_dir: Path, n_c1: 
                n_text: int) -> dict:
     import httpx
 
-    from qwen3vl_vllm.launcher import ServerProcess, vllm_env
+    from qwen3vl_vllm.ops.launcher import ServerProcess, vllm_env
 
     env = vllm_env()
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # zero flags: the plugin sizes it
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from offline import matmul_peak, text_flops_per_token
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -64,11 +64,11 @@ def main() -> int:
 
     import httpx
 
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
-    from qwen3vl_vllm.messages import embedding_body
-    from qwen3vl_vllm.inputs import DEFAULT_SETTINGS
-    from qwen3vl_vllm.launcher import ServerProcess
-    from qwen3vl_vllm.sources import DEFAULT_POLICY
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.clients.messages import embedding_body
+    from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS
+    from qwen3vl_vllm.ops.launcher import ServerProcess
+    from qwen3vl_vllm.media.sources import DEFAULT_POLICY
 
     ckpt = ensure_checkpoint(ROOT / ".cache" / "checkpoints", kind="embedding", size="tiny")
     files = out / "images"

@@ -96,8 +96,8 @@ def embedding(ckpt: str, workloads: dict, *, dtype: str, engine_kwargs: dict, ro
     The reference and the engine stay loaded side by side for the whole run, so rounds can
     alternate between them.
     """
-    from qwen3vl_vllm.offline import Qwen3VLEmbedder
-    from qwen3vl_vllm.reference import ReferenceEmbedder
+    from qwen3vl_vllm.offline.engines import Qwen3VLEmbedder
+    from qwen3vl_vllm.testing.reference import ReferenceEmbedder
 
     cos_min, _ = PARITY[dtype]
     ref = ReferenceEmbedder(ckpt, dtype=dtype)
@@ -137,8 +137,8 @@ def reranker(ckpt: str, workloads: dict, *, dtype: str, engine_kwargs: dict, rou
     query's media given a different id in every pair: the gain of serving the shared query
     from the encoder and prefix caches, measured in the same round.
     """
-    from qwen3vl_vllm.offline import Qwen3VLReranker
-    from qwen3vl_vllm.reference import ReferenceReranker
+    from qwen3vl_vllm.offline.engines import Qwen3VLReranker
+    from qwen3vl_vllm.testing.reference import ReferenceReranker
 
     _, max_diff = PARITY[dtype]
     ref = ReferenceReranker(ckpt, dtype=dtype)

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     kind, inputs = workloads.build(args.workload, out / "media")  # warm-up set
     # every profiled call gets a set neither side has seen (no cache hits from a previous call)
@@ -121,11 +121,11 @@ def main(argv=None) -> int:
     ckpt = str(ensure_checkpoint(ROOT / ".cache" / "checkpoints", kind=kind, size="tiny"))
     engine = {"enforce_eager": True, "gpu_memory_utilization": 0.25, "max_num_seqs": 64}
     if kind == "reranker":
-        from qwen3vl_vllm.offline import Qwen3VLReranker as Engine
-        from qwen3vl_vllm.reference import ReferenceReranker as Ref
+        from qwen3vl_vllm.offline.engines import Qwen3VLReranker as Engine
+        from qwen3vl_vllm.testing.reference import ReferenceReranker as Ref
     else:
-        from qwen3vl_vllm.offline import Qwen3VLEmbedder as Engine
-        from qwen3vl_vllm.reference import ReferenceEmbedder as Ref
+        from qwen3vl_vllm.offline.engines import Qwen3VLEmbedder as Engine
+        from qwen3vl_vllm.testing.reference import ReferenceEmbedder as Ref
 
     result = {"workload": args.workload, "loops": args.loops}
     ref = Ref(ckpt, dtype="float32")

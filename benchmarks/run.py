@@ -79,7 +79,7 @@ def real_shape_offline(cache: Path, tmp: Path, peak: float) -> dict:
     model), 640x480 images and rerank 1x20 with image documents (MFU with the vision tower's
     FLOPs), and the process's peak memory with both sides loaded."""
 
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
     from serving import PeakMemory
 
     kw = offline.REAL_SHAPE_ENGINE
@@ -145,8 +145,8 @@ def server_env() -> dict:
     plugin's small-box default (no reserved core, settings.cpu_reserved_cores) would give the
     plugin server twice the model's cores and make plugin/plain and earlier figures incomparable.
     Its effect is measured on its own by benchmarks/cpu_serving.py."""
-    from qwen3vl_vllm.launcher import vllm_env
-    from qwen3vl_vllm.settings import RESERVED_CPU_ENV
+    from qwen3vl_vllm.ops.launcher import vllm_env
+    from qwen3vl_vllm.prompts.engine import RESERVED_CPU_ENV
 
     env = dict(vllm_env(), **{RESERVED_CPU_ENV: os.environ.get(RESERVED_CPU_ENV, "1")})
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # the plain server has no plugin to size it
@@ -155,8 +155,8 @@ def server_env() -> dict:
 
 def plain_args(kind: str, ckpt: str, port: int) -> list[str]:
     """The same server by hand-written flags, with the plugin disabled (VLLM_PLUGINS)."""
-    from qwen3vl_vllm.config import load_config
-    from qwen3vl_vllm.launcher import vllm_args
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import vllm_args
 
     cfg = load_config(None, data={"model": ckpt, "kind": kind, "dtype": "float32",
                                   "server": {"port": port}, "batching": {"max_num_seqs": 64},
@@ -166,9 +166,9 @@ def plain_args(kind: str, ckpt: str, port: int) -> list[str]:
 
 
 def embedding_bodies(items: list, model: str) -> list[dict]:
-    from qwen3vl_vllm.messages import embedding_body
-    from qwen3vl_vllm.inputs import DEFAULT_SETTINGS
-    from qwen3vl_vllm.sources import DEFAULT_POLICY
+    from qwen3vl_vllm.clients.messages import embedding_body
+    from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS
+    from qwen3vl_vllm.media.sources import DEFAULT_POLICY
 
     return [embedding_body(it, index=i, model=model, instruction=None, dimensions=None,
                            encoding_format="base64", settings=DEFAULT_SETTINGS, policy=DEFAULT_POLICY)
@@ -176,7 +176,7 @@ def embedding_bodies(items: list, model: str) -> list[dict]:
 
 
 def rerank_body(base_url: str, inputs: dict, model: str) -> dict:
-    from qwen3vl_vllm.rerank_client import RerankClient, _prepared
+    from qwen3vl_vllm.clients.rerank import RerankClient, _prepared
 
     with RerankClient(base_url=base_url, model=model) as rc:
         req, q, docs = _prepared(rc, inputs["query"], inputs["documents"], None, None, None, None)
@@ -236,7 +236,7 @@ def plugin_overhead(ckpt: str, logs: Path, *, rounds: int, requests: dict[str, i
     per workload: per-round ratios, their median and range.
     """
     from offline import summary
-    from qwen3vl_vllm.launcher import ServerProcess, free_port
+    from qwen3vl_vllm.ops.launcher import ServerProcess, free_port
 
     port = free_port()
     plain_env = dict(server_env(), VLLM_PLUGINS="__none__")
@@ -284,7 +284,7 @@ def middleware_cost(n: int = 20000) -> dict:
     import asyncio
     import importlib
 
-    from qwen3vl_vllm.settings import MIDDLEWARES
+    from qwen3vl_vllm.serving.settings import MIDDLEWARES
 
     body = json.dumps({"model": "m", "input": "a short text to embed", "encoding_format": "base64"}).encode()
     scope = {"type": "http", "method": "POST", "path": "/v1/embeddings",
@@ -326,7 +326,7 @@ def vllm_bench(base_url: str, model: str, ckpt: str, out: Path, *, concurrency: 
            "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency), "--seed", "0",
            "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench-serve.json",
            "--disable-tqdm"]
-    from qwen3vl_vllm.launcher import vllm_env
+    from qwen3vl_vllm.ops.launcher import vllm_env
 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=vllm_env())
     path = out / "vllm-bench-serve.json"
@@ -342,8 +342,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output folder")
     args = parser.parse_args(argv)
 
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
-    from qwen3vl_vllm.launcher import ServerProcess
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.ops.launcher import ServerProcess
 
     mode = "full" if args.full else "quick"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

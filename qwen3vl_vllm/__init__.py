@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import importlib
 
+from qwen3vl_vllm import _moved
+
 __version__ = "0.1.0"
+_moved.install()  # old flat module names keep working (``_moved``)
 
 _EXPORTS = {
-    "Qwen3VLEmbedder": "qwen3vl_vllm.offline",
-    "Qwen3VLReranker": "qwen3vl_vllm.offline",
-    "EmbeddingClient": "qwen3vl_vllm.client",
-    "AsyncEmbeddingClient": "qwen3vl_vllm.client",
-    "RerankClient": "qwen3vl_vllm.rerank_client",
-    "AsyncRerankClient": "qwen3vl_vllm.rerank_client",
+    "Qwen3VLEmbedder": "qwen3vl_vllm.offline.engines",
+    "Qwen3VLReranker": "qwen3vl_vllm.offline.engines",
+    "EmbeddingClient": "qwen3vl_vllm.clients.embedding",
+    "AsyncEmbeddingClient": "qwen3vl_vllm.clients.embedding",
+    "RerankClient": "qwen3vl_vllm.clients.rerank",
+    "AsyncRerankClient": "qwen3vl_vllm.clients.rerank",
     "InputError": "qwen3vl_vllm.errors",
     "MediaError": "qwen3vl_vllm.errors",
     "Qwen3VLError": "qwen3vl_vllm.errors",
     "APIError": "qwen3vl_vllm.errors",
-    "register": "qwen3vl_vllm.plugin",
+    "register": "qwen3vl_vllm.serving.plugin",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -66,31 +66,31 @@ def fuzz(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def embedding_ckpt() -> Path:
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     return ensure_checkpoint(CACHE / "checkpoints", kind="embedding", size="tiny")
 
 
 @pytest.fixture(scope="session")
 def instruct_ckpt() -> Path:
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     return ensure_checkpoint(CACHE / "checkpoints", kind="instruct", size="tiny")
 
 
 @pytest.fixture(scope="session")
 def reference_embedder(embedding_ckpt):
-    from qwen3vl_vllm.reference import ReferenceEmbedder
+    from qwen3vl_vllm.testing.reference import ReferenceEmbedder
 
     return ReferenceEmbedder(str(embedding_ckpt))
 
 
 @pytest.fixture(scope="session")
 def embedding_server(embedding_ckpt):
-    from qwen3vl_vllm.launcher import ServerProcess
+    from qwen3vl_vllm.ops.launcher import ServerProcess
 
     from cases import NAMED_INSTRUCTIONS
-    from qwen3vl_vllm.launcher import vllm_env
+    from qwen3vl_vllm.ops.launcher import vllm_env
 
     env = {**vllm_env(), "QWEN3VL_INSTRUCTIONS": json.dumps(NAMED_INSTRUCTIONS)}
     server = ServerProcess(embedding_ckpt, extra_args=SERVER_ARGS, env=env,
@@ -101,21 +101,21 @@ def embedding_server(embedding_ckpt):
 
 @pytest.fixture(scope="session")
 def reranker_ckpt() -> Path:
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     return ensure_checkpoint(CACHE / "checkpoints", kind="reranker", size="tiny")
 
 
 @pytest.fixture(scope="session")
 def reference_reranker(reranker_ckpt):
-    from qwen3vl_vllm.reference import ReferenceReranker
+    from qwen3vl_vllm.testing.reference import ReferenceReranker
 
     return ReferenceReranker(str(reranker_ckpt))
 
 
 @pytest.fixture(scope="session")
 def reranker_server(reranker_ckpt):
-    from qwen3vl_vllm.launcher import ServerProcess
+    from qwen3vl_vllm.ops.launcher import ServerProcess
 
     server = ServerProcess(reranker_ckpt, extra_args=SERVER_ARGS,
                            log_path=CACHE / "logs" / "test-reranker-server.log")

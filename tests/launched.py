@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Launched:
     def __init__(self, config: str, *sets: str, env_extra: dict | None = None, name: str | None = None):
-        from qwen3vl_vllm.launcher import free_port
+        from qwen3vl_vllm.ops.launcher import free_port
 
         self.port = free_port()
         env = dict(os.environ, **(env_extra or {}))
-        args = [sys.executable, "-m", "qwen3vl_vllm.cli", "serve", "--config", config,
+        args = [sys.executable, "-m", "qwen3vl_vllm.ops.cli", "serve", "--config", config,
                 "--set", f"server.port={self.port}"]
         for s in sets:
             args += ["--set", s]

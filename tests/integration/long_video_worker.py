@@ -36,7 +36,7 @@ def _refused(call) -> str:
 
 
 def main() -> int:
-    from qwen3vl_vllm.offline import Qwen3VLEmbedder, Qwen3VLReranker
+    from qwen3vl_vllm.offline.engines import Qwen3VLEmbedder, Qwen3VLReranker
 
     emb_ckpt, rr_ckpt, out, v1, v10 = sys.argv[1:6]
     report: dict = {}

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> int:
     from cases import noise_image, rerank_cases, twenty_documents
     from qwen3vl_vllm.errors import InputError, MediaError
-    from qwen3vl_vllm.offline import Qwen3VLReranker
+    from qwen3vl_vllm.offline.engines import Qwen3VLReranker
 
     ckpt, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     results: dict = {"cases": {}, "errors": {}}

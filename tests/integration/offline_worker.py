@@ -29,7 +29,7 @@ def main() -> int:
 
     from cases import mixed_batch, noise_image, parity_cases
     from qwen3vl_vllm.errors import InputError, MediaError
-    from qwen3vl_vllm.offline import Qwen3VLEmbedder
+    from qwen3vl_vllm.offline.engines import Qwen3VLEmbedder
 
     ckpt, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     cases = parity_cases(tmp)

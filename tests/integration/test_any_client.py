@@ -271,7 +271,7 @@ def test_jina_shaped_rerank_top_n_return_documents(reranker_server, reference_re
 
 
 def _run_batch(ckpt, lines: list[dict], tmp_path, name: str) -> list[dict]:
-    from qwen3vl_vllm.launcher import vllm_env
+    from qwen3vl_vllm.ops.launcher import vllm_env
 
     src, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-out.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")

@@ -26,7 +26,7 @@ def _vid(url: str) -> dict:
 
 def media_cases(tmp: Path) -> dict[str, tuple[dict, str]]:
     """name -> (content part, fragment expected in the 4xx message)."""
-    from qwen3vl_vllm.launcher import free_port
+    from qwen3vl_vllm.ops.launcher import free_port
 
     closed = free_port()
     return {

@@ -20,7 +20,7 @@ KEY = "entry-point-key-42"
 def test_python_m_api_server_gets_the_serve_hook(embedding_ckpt, reference_embedder):
     """``python -m vllm.entrypoints.openai.api_server`` validates its arguments before vLLM loads
     plugins; the app-factory hook still gives it the templates and the middleware."""
-    from qwen3vl_vllm.launcher import ServerProcess, free_port, vllm_env
+    from qwen3vl_vllm.ops.launcher import ServerProcess, free_port, vllm_env
 
     port = free_port()
     args = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(embedding_ckpt),
@@ -59,7 +59,7 @@ main()
 
 
 def test_a_missing_vllm_symbol_refuses_to_start(embedding_ckpt, tmp_path):
-    from qwen3vl_vllm.launcher import free_port, vllm_env
+    from qwen3vl_vllm.ops.launcher import free_port, vllm_env
 
     script = tmp_path / "simulate.py"
     script.write_text(textwrap.dedent(SIMULATE.format(ckpt=str(embedding_ckpt), port=free_port(),

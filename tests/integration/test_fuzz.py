@@ -263,7 +263,7 @@ def _embedding_case(case, t: _Tally, *, model, server, client, http, offline, of
 
 
 def test_fuzz_embedding(fuzz, offline_results, embedding_server, reference_embedder):
-    from qwen3vl_vllm.client import EmbeddingClient
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
     offline, offline_errors, _ = offline_results
     t, t0 = _Tally(), time.monotonic()

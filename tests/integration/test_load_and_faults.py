@@ -39,9 +39,9 @@ def _percentile(values, q):
 
 
 def test_load_64_concurrent_clients(embedding_server, reference_embedder):
-    from qwen3vl_vllm.messages import embedding_body
-    from qwen3vl_vllm.inputs import DEFAULT_SETTINGS
-    from qwen3vl_vllm.sources import DEFAULT_POLICY
+    from qwen3vl_vllm.clients.messages import embedding_body
+    from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS
+    from qwen3vl_vllm.media.sources import DEFAULT_POLICY
 
     pool = _pool()
     expected = reference_embedder.process(pool)
@@ -140,7 +140,7 @@ def test_idle_connection_outlives_client_pool_expiry(embedding_server):
 def test_server_stopped_mid_stream_then_restarted(embedding_ckpt):
     from qwen3vl_vllm import EmbeddingClient
     from qwen3vl_vllm.errors import APIConnectionError, ServiceUnavailableError
-    from qwen3vl_vllm.launcher import ServerProcess, free_port
+    from qwen3vl_vllm.ops.launcher import ServerProcess, free_port
 
     from conftest import SERVER_ARGS
 

@@ -142,8 +142,8 @@ def _served_embedding(server, path: Path, **headers):
 @pytest.mark.parametrize("minutes, prepared", [(1, 60), (10, 64)])
 def test_server_embedding_every_path(minutes, prepared, embedding_server, long_videos,
                                      expected_embeddings):
-    from qwen3vl_vllm.client import EmbeddingClient
-    from qwen3vl_vllm.video_fit import VideoFitWarning
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
+    from qwen3vl_vllm.prompts.video_fit import VideoFitWarning
 
     path = long_videos[minutes]
     with PeakRSS(embedding_server.proc.pid) as rss:
@@ -211,8 +211,8 @@ def expected_scores(reference_reranker, long_videos):
 
 def test_rerank_every_path(offline_long, reranker_server, long_videos, expected_scores):
     from plain_http import plain_side
-    from qwen3vl_vllm.rerank_client import RerankClient
-    from qwen3vl_vllm.video_fit import VideoFitWarning
+    from qwen3vl_vllm.clients.rerank import RerankClient
+    from qwen3vl_vllm.prompts.video_fit import VideoFitWarning
 
     rr = offline_long["rerank"]
     assert [m["video_frames"] for m in rr["meta"]] == [[[32, 60], [32, 64]], [[60, 60]]]

@@ -45,7 +45,7 @@ def _table(title: str, columns: list[str], rows: dict[str, dict[str, float]], fm
 
 
 def test_embedding_parity_matrix(offline_results, embedding_server, reference_embedder, matrix_media):
-    from qwen3vl_vllm.client import EmbeddingClient
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
     data, _, media = offline_results
     offline_cases = matrix_cases(media / "matrix")  # the offline worker's own files

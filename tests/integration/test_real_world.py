@@ -56,7 +56,7 @@ def photo(tmp_path_factory):
 
 
 def test_phone_photo_on_every_embedding_path(photo, offline_results, embedding_server, reference_embedder):
-    from qwen3vl_vllm.client import EmbeddingClient
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
     data, _, media = offline_results
     ref = reference_embedder.process([{"image": str(photo)}])[0]
@@ -109,7 +109,7 @@ def test_phone_photo_and_text_lists_as_reranker_sides(photo, offline_rerank, rer
 @pytest.mark.parametrize("words", [2500, 4500], ids=["9.3k tokens", "16.7k tokens"])
 def test_long_texts_get_the_reference_cut_when_asked(words, offline_results, embedding_server,
                                                      reference_embedder):
-    from qwen3vl_vllm.client import EmbeddingClient
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
     text = long_text(words)
     ref = reference_embedder.process([{"text": text}])[0]

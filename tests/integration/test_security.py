@@ -87,7 +87,7 @@ class _MediaServers:
             s.daemon_threads = True
             threading.Thread(target=s.serve_forever, daemon=True).start()
         self.a, self.b = (f"http://127.0.0.1:{s.server_address[1]}" for s in self.servers)
-        from qwen3vl_vllm.launcher import free_port
+        from qwen3vl_vllm.ops.launcher import free_port
 
         self.closed = f"http://127.0.0.1:{free_port()}"  # allowed, but nothing listens there
 

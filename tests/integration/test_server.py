@@ -20,7 +20,7 @@ def media_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def client(embedding_server):
-    from qwen3vl_vllm.client import EmbeddingClient
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
     with EmbeddingClient(base_url=embedding_server.base_url, max_concurrency=4) as c:
         yield c
@@ -134,7 +134,7 @@ def test_server_corrupt_image_is_400_and_server_survives(embedding_server, clien
 def test_async_client_matches_sync(embedding_server, client):
     import asyncio
 
-    from qwen3vl_vllm.client import AsyncEmbeddingClient
+    from qwen3vl_vllm.clients.embedding import AsyncEmbeddingClient
 
     items = [{"text": "async one"}, {"text": "async two", "image": noise_image(64, 64, 9)}]
 

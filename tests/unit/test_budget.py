@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen3vl_vllm import budget as B
-from qwen3vl_vllm import media as M
+from qwen3vl_vllm.media import budget as B
+from qwen3vl_vllm.media import decode as M
 from qwen3vl_vllm.errors import MediaError
 
 
@@ -144,7 +144,7 @@ def test_connector_refuses_a_frame_list_from_headers_alone(monkeypatch):
     over budget is refused before any frame is decoded."""
     from PIL import ImageFile
 
-    from qwen3vl_vllm import media_connector as mc
+    from qwen3vl_vllm.serving import media_connector as mc
 
     payload = ",".join([base64.b64encode(_png(2100, 2100)).decode()] * 64)  # 1.05 GiB decoded
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from qwen3vl_vllm.checkpoint import SPECIAL_TOKENS, build_checkpoint
+from qwen3vl_vllm.testing.checkpoint import SPECIAL_TOKENS, build_checkpoint
 
 
 def _digest(path):

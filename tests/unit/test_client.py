@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qwen3vl_vllm import errors
-from qwen3vl_vllm.client import EmbeddingClient
+from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
 
 def _vec(seed, d=8):

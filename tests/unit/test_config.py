@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qwen3vl_vllm.config import ConfigError, load_config
-from qwen3vl_vllm.settings import chat_template_text
+from qwen3vl_vllm.ops.config import ConfigError, load_config
+from qwen3vl_vllm.prompts.engine import chat_template_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -20,7 +20,7 @@ GPU_CONFIGS = [c for c in CONFIGS if not c.name.startswith("tiny-")]
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "qwen3vl_vllm.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "qwen3vl_vllm.ops.cli", *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=60)
 
 
@@ -64,8 +64,8 @@ def test_dry_run_flags(config):
         assert hf["classifier_from_token"] == ["no", "yes"] and hf["is_original_qwen3_reranker"] is True
     # the plugin sets the template from the package (no file anywhere); plain vLLM gets its text
     assert "--chat-template" not in flags
-    from qwen3vl_vllm.config import load_config
-    from qwen3vl_vllm.launcher import resolve_model, vllm_args
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import resolve_model, vllm_args
 
     loaded = load_config(config)
     plain = vllm_args(loaded, resolve_model(loaded.model, build=False), plugin=False)
@@ -172,7 +172,7 @@ def test_committed_manifests_are_current():
 def test_deploy_configmap_holds_the_effective_config(overrides):
     """The pod serves the ConfigMap's config, so it must agree with the Deployment's ports,
     probes, model and parallelism (with --set, the file alone would not)."""
-    from qwen3vl_vllm.config import load_config
+    from qwen3vl_vllm.ops.config import load_config
 
     sets = [a for o in overrides for a in ("--set", o)]
     res = _cli("deploy", "k8s", "--config", "configs/embedding-2b.yaml", *sets)
@@ -195,8 +195,8 @@ def test_deploy_configmap_holds_the_effective_config(overrides):
 
 
 def test_truncate_and_decode_limits_reach_the_server_env():
-    from qwen3vl_vllm.config import load_config
-    from qwen3vl_vllm.launcher import server_env
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import server_env
 
     cfg = load_config("configs/tiny-embedding-cpu.yaml", ["server.truncate=true",
                                                           "media.max_decode_seconds=5",

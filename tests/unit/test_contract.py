@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import contract
+from qwen3vl_vllm.serving import contract
 
 
 def test_every_symbol_is_there_on_the_installed_vllm():
@@ -23,7 +23,7 @@ def test_every_symbol_is_there_on_the_installed_vllm():
 
 
 def test_the_patched_symbols_keep_passing_after_the_plugin_wraps_them():
-    from qwen3vl_vllm import plugin
+    from qwen3vl_vllm.serving import plugin
 
     plugin.register()
     assert contract.problems() == []

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen3vl_vllm import inputs as I
-from qwen3vl_vllm import reference as R
+from qwen3vl_vllm.prompts import inputs as I
+from qwen3vl_vllm.testing import reference as R
 
 SEED = 20261128
 N_EMBED = 320

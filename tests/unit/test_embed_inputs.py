@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import embed_inputs as E
-from qwen3vl_vllm import reference as R
+from qwen3vl_vllm.serving import embed_inputs as E
+from qwen3vl_vllm.testing import reference as R
 
 NAMED = {"query": "Find the passage that answers the question", "doc": "Represent the document"}
 
@@ -108,8 +108,8 @@ def test_patch_is_idempotent_and_marked():
 
 
 def test_config_instructions_reach_the_server_env(tmp_path):
-    from qwen3vl_vllm.config import ConfigError, load_config
-    from qwen3vl_vllm.launcher import dry_run_command, server_env
+    from qwen3vl_vllm.ops.config import ConfigError, load_config
+    from qwen3vl_vllm.ops.launcher import dry_run_command, server_env
 
     cfg = load_config(None, data={"model": "m", "kind": "embedding", "instructions": NAMED,
                                   "server": {"raw_prompts": True}})
@@ -127,7 +127,7 @@ def test_config_instructions_reach_the_server_env(tmp_path):
 def test_truncation_follows_the_request_then_the_server(monkeypatch):
     import types
 
-    from qwen3vl_vllm import embed_inputs as E
+    from qwen3vl_vllm.serving import embed_inputs as E
 
     monkeypatch.delenv(E.TRUNCATE_ENV, raising=False)
     assert E.truncation(None, None) == (None, None)           # default: over-long -> 400

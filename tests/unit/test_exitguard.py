@@ -25,7 +25,7 @@ _libc.__cxa_atexit(ctypes.cast(_libc.abort, ctypes.c_void_p), None, None)
 SCRIPT = """
 import atexit, os, sys
 {abort}
-import qwen3vl_vllm.offline  # what a user script imports
+import qwen3vl_vllm.offline.engines  # what a user script imports
 from qwen3vl_vllm import exitguard
 
 MARK = {mark!r}
@@ -85,7 +85,7 @@ def test_the_simulated_abort_fails_a_run_without_the_guard(body, entry, code, tm
 def test_builtins_are_untouched(tmp_path):
     path = tmp_path / "b.py"
     path.write_text("import builtins, sys\nbefore = (builtins.SystemExit, sys.exit)\n"
-                    "import qwen3vl_vllm.offline\nfrom qwen3vl_vllm import exitguard\n"
+                    "import qwen3vl_vllm.offline.engines\nfrom qwen3vl_vllm import exitguard\n"
                     "exitguard.install()\nassert (builtins.SystemExit, sys.exit) == before\n"
                     "try:\n    sys.exit(9)\nexcept SystemExit as e:\n"
                     "    assert type(e) is before[0] and e.code == 9\nprint('ok')\n")
@@ -104,6 +104,6 @@ def test_ctrl_c_exits_130(tmp_path):
 def test_unused_guard_changes_nothing(tmp_path):
     """Importing the package without creating an engine leaves the exit to Python."""
     path = tmp_path / "plain.py"
-    path.write_text(ABORT_AT_EXIT + "import qwen3vl_vllm.offline\nraise SystemExit(6)\n")
+    path.write_text(ABORT_AT_EXIT + "import qwen3vl_vllm.offline.engines\nraise SystemExit(6)\n")
     res = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == -6, res.stderr  # not armed: the simulated abort happens

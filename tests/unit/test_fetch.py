@@ -13,7 +13,7 @@ import time
 import pytest
 from PIL import Image
 
-from qwen3vl_vllm import sources as S
+from qwen3vl_vllm.media import sources as S
 from qwen3vl_vllm.errors import MediaError
 
 PNG = io.BytesIO()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qwen3vl_vllm import inputs as I
+from qwen3vl_vllm.prompts import inputs as I
 from qwen3vl_vllm.errors import InputError
 
 

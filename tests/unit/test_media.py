@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen3vl_vllm import media as M
+from qwen3vl_vllm.media import decode as M
 from qwen3vl_vllm.errors import MediaError
 
 

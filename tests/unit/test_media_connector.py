@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen3vl_vllm import media_connector as mc
+from qwen3vl_vllm.serving import media_connector as mc
 from qwen3vl_vllm.errors import MediaError
 
 
@@ -98,8 +98,8 @@ def test_connector_is_registered_once():
 def test_configured_pixel_bounds_reach_the_connector():
     """A config's media.min_pixels/max_pixels travel in media_io_kwargs (the engine settings
     the launcher and the plugin give vLLM) to the connector, which then resizes once, to them."""
-    from qwen3vl_vllm.inputs import MediaSettings
-    from qwen3vl_vllm.settings import media_io_kwargs
+    from qwen3vl_vllm.prompts.inputs import MediaSettings
+    from qwen3vl_vllm.prompts.engine import media_io_kwargs
 
     bounds = MediaSettings(min_pixels=8192, max_pixels=65536)
     connector = mc.Qwen3VLMediaConnector(media_io_kwargs=media_io_kwargs(bounds))

@@ -14,10 +14,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cases import noise_image  # noqa: E402
 
-from qwen3vl_vllm.inputs import DEFAULT_SETTINGS  # noqa: E402
-from qwen3vl_vllm.offline import Qwen3VLEmbedder, Qwen3VLReranker  # noqa: E402
-from qwen3vl_vllm.settings import chat_template_text  # noqa: E402
-from qwen3vl_vllm.sources import DEFAULT_POLICY  # noqa: E402
+from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS  # noqa: E402
+from qwen3vl_vllm.offline.engines import Qwen3VLEmbedder, Qwen3VLReranker  # noqa: E402
+from qwen3vl_vllm.prompts.engine import chat_template_text  # noqa: E402
+from qwen3vl_vllm.media.sources import DEFAULT_POLICY  # noqa: E402
 
 WORDS = "cat dog chart invoice 日本語 émoji {{ }} {% raw %} <|im_end|> \\n tab\t end.".split(" ")
 
@@ -56,7 +56,7 @@ def _items(seed: int, n: int) -> list[dict]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_embedding_prompts_are_the_template_render_tokenised(embedding_ckpt, seed):
-    from qwen3vl_vllm.inputs import embedding_conversation
+    from qwen3vl_vllm.prompts.inputs import embedding_conversation
 
     model = _shell(Qwen3VLEmbedder, embedding_ckpt)
     items = _items(seed, 24)
@@ -121,7 +121,7 @@ def test_over_long_text_is_refused_by_name_before_the_engine(embedding_ckpt):
 
 
 def test_a_truncated_pair_carries_only_its_ids(reranker_ckpt):
-    from qwen3vl_vllm.truncation import RERANK_SUFFIX_TOKENS
+    from qwen3vl_vllm.prompts.truncation import RERANK_SUFFIX_TOKENS
 
     docs = [{"text": "short"}, {"text": " ".join(["document"] * 200)}]
     full = _shell(Qwen3VLReranker, reranker_ckpt).pair_prompts({"query": {"text": "q"}, "documents": docs})

@@ -4,7 +4,9 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import detect, plugin, settings
+from qwen3vl_vllm.serving import detect
+from qwen3vl_vllm.serving import plugin
+from qwen3vl_vllm.prompts import engine as settings
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +172,7 @@ def test_gate_reads_the_real_engine_version(monkeypatch):
 
     import vllm
 
-    from qwen3vl_vllm import contract
+    from qwen3vl_vllm.serving import contract
 
     monkeypatch.setattr(vllm, "__version__", "0.34.1")
     monkeypatch.setattr(md, "version", lambda name: "0.32.0+cpu")  # a stale metadata alias
@@ -226,7 +228,7 @@ def test_serve_hook_missing_is_recorded(monkeypatch, state):
 
 
 def test_envfix_refreshes_a_stale_alias(tmp_path, monkeypatch):
-    from qwen3vl_vllm import envfix
+    from qwen3vl_vllm.ops import envfix
 
     old = tmp_path / "vllm-0.31.0+cpu.dist-info"
     old.mkdir()
@@ -323,10 +325,10 @@ def test_cpu_kv_cache_holds_one_whole_prompt_when_batches_are_small(cpu, batched
 def test_our_middlewares_come_last_with_the_api_key_outermost():
     """Starlette puts each added middleware outside the previous ones: the key check must be
     added last, even when the user listed some of ours in another order."""
-    from qwen3vl_vllm.settings import MIDDLEWARES
+    from qwen3vl_vllm.serving.settings import MIDDLEWARES
 
-    assert MIDDLEWARES[-1] == "qwen3vl_vllm.server_auth.ApiKeyMiddleware"
+    assert MIDDLEWARES[-1] == "qwen3vl_vllm.serving.auth.ApiKeyMiddleware"
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None, chat_template=None,
-                               middleware=["qwen3vl_vllm.server_auth.ApiKeyMiddleware", "my.Mw"])
+                               middleware=["qwen3vl_vllm.serving.auth.ApiKeyMiddleware", "my.Mw"])
     plugin.apply_serve_defaults(ns)
     assert ns.middleware == ["my.Mw", *MIDDLEWARES]

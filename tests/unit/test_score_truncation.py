@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import score_truncation as st
-from qwen3vl_vllm.truncation import RERANK_SUFFIX_TOKENS
+from qwen3vl_vllm.serving import score_truncation as st
+from qwen3vl_vllm.prompts.truncation import RERANK_SUFFIX_TOKENS
 
 SPECIAL = {900, 901, 902}  # 900 = an image pad, 901/902 other specials
 PIX = dict(min_pixels=4096, max_pixels=1843200)
@@ -122,7 +122,7 @@ def test_patch_is_idempotent_and_marked():
 
 def test_text_parts_of_a_side_are_concatenated_as_the_reference_does():
     """vLLM joins a side's text parts with "\\n"; the reference puts them one after the other."""
-    from qwen3vl_vllm.score_truncation import reference_side
+    from qwen3vl_vllm.serving.score_truncation import reference_side
 
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,x"}}
     texts = [{"type": "text", "text": "first, "}, {"type": "text", "text": "second"},

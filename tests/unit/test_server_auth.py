@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from qwen3vl_vllm import server_auth as A
+from qwen3vl_vllm.serving import auth as A
 
 
 class _App:

@@ -7,7 +7,7 @@ import json
 
 from PIL import Image
 
-from qwen3vl_vllm.server_errors import NameBadItemsMiddleware, find_bad_item
+from qwen3vl_vllm.serving.error_naming import NameBadItemsMiddleware, find_bad_item
 
 
 def _good():
@@ -84,7 +84,7 @@ def test_middleware_passes_other_responses():
 
 
 def _policy_run(monkeypatch, body: bytes, path="/v1/embeddings", **env):
-    from qwen3vl_vllm.server_policy import PolicyMiddleware
+    from qwen3vl_vllm.serving.policy import PolicyMiddleware
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -188,7 +188,7 @@ def test_naming_runs_off_the_event_loop_and_is_bounded(monkeypatch):
     import threading
     import time
 
-    from qwen3vl_vllm import server_errors as se
+    from qwen3vl_vllm.serving import error_naming as se
 
     loop_thread = {}
     real = se._decodes
@@ -238,7 +238,7 @@ def test_naming_runs_off_the_event_loop_and_is_bounded(monkeypatch):
 
 
 def test_oversized_items_are_not_decoded(monkeypatch):
-    from qwen3vl_vllm import server_errors as se
+    from qwen3vl_vllm.serving import error_naming as se
 
     monkeypatch.setattr(se, "MAX_DECODE_BYTES", 4)
     assert se._decodes(BAD, "image") is True  # not judged: too large for the bound
@@ -247,7 +247,7 @@ def test_oversized_items_are_not_decoded(monkeypatch):
 
 
 def test_policy_body_limit_is_on_by_default(monkeypatch):
-    from qwen3vl_vllm.server_policy import DEFAULT_MAX_BODY_BYTES, PolicyMiddleware
+    from qwen3vl_vllm.serving.policy import DEFAULT_MAX_BODY_BYTES, PolicyMiddleware
 
     monkeypatch.delenv("QWEN3VL_MAX_BODY_BYTES", raising=False)
     assert PolicyMiddleware(None).max_body == DEFAULT_MAX_BODY_BYTES == 64 * 1024 * 1024
@@ -274,9 +274,9 @@ def test_policy_body_limit_is_on_by_default(monkeypatch):
 def test_connector_errors_are_named_by_key_without_decoding(monkeypatch):
     """The media connector tags its errors with the payload's key; the middleware finds the
     item by it, decoding nothing (a 20 MB image is not decoded twice)."""
-    from qwen3vl_vllm import server_errors as se
+    from qwen3vl_vllm.serving import error_naming as se
     from qwen3vl_vllm.errors import MediaError
-    from qwen3vl_vllm.media_connector import ReferenceImageIO, ReferenceVideoIO
+    from qwen3vl_vllm.serving.media_connector import ReferenceImageIO, ReferenceVideoIO
 
     monkeypatch.setattr(se, "_decodes", lambda *a: pytest.fail("decoded again"))
     good = _good().split(",", 1)[1]
@@ -300,7 +300,7 @@ def test_connector_errors_are_named_by_key_without_decoding(monkeypatch):
 def test_items_sharing_their_start_and_length_are_told_apart():
     """The payload key is a digest of the whole payload: two images with the same length and the
     same first 4 KB (which the former fingerprint could not tell apart) are named correctly."""
-    from qwen3vl_vllm.server_errors import payload_key
+    from qwen3vl_vllm.serving.error_naming import payload_key
 
     head = "A" * 5000
     good, bad = head + "B" * 100, head + "C" * 100
@@ -317,7 +317,7 @@ def test_naming_stops_when_its_time_is_up(monkeypatch):
     the original error goes out."""
     import time
 
-    from qwen3vl_vllm import server_errors as se
+    from qwen3vl_vllm.serving import error_naming as se
 
     calls = []
 
@@ -334,7 +334,7 @@ def test_naming_stops_when_its_time_is_up(monkeypatch):
 
 
 def test_busy_pool_is_a_503_with_retry_after():
-    from qwen3vl_vllm.budget import BUSY_MARKER
+    from qwen3vl_vllm.media.budget import BUSY_MARKER
 
     body = {"query": "q", "documents": ["a"]}
     sent = _run(_app(500, f"{BUSY_MARKER} documents[0]: the server holds as much decoded media as "

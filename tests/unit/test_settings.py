@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-from qwen3vl_vllm import settings
-from qwen3vl_vllm.settings import ENGINE_FIELDS, KINDS, effective_engine_kwargs
+from qwen3vl_vllm.prompts import engine as settings
+from qwen3vl_vllm.prompts.engine import ENGINE_FIELDS, KINDS, effective_engine_kwargs
 
 NAMES = {"embedding": "Qwen/Qwen3-VL-Embedding-2B", "reranker": "Qwen/Qwen3-VL-Reranker-2B"}
 
@@ -44,7 +44,7 @@ def _engine_args(model: str, **user):
 
 
 def _from_plugin(kind: str, **user) -> dict:
-    from qwen3vl_vllm.plugin import apply_engine_defaults
+    from qwen3vl_vllm.serving.plugin import apply_engine_defaults
 
     args = _engine_args(NAMES[kind], **user)
     assert apply_engine_defaults(args) == kind
@@ -52,7 +52,7 @@ def _from_plugin(kind: str, **user) -> dict:
 
 
 def _from_offline(kind: str, **user) -> dict:
-    from qwen3vl_vllm.offline import _engine_kwargs
+    from qwen3vl_vllm.offline.engines import _engine_kwargs
 
     kw = _engine_kwargs(kind, dict(user))
     return {f: _plain(kw[f]) for f in ENGINE_FIELDS}
@@ -71,8 +71,8 @@ def _flags(args: list[str]) -> dict:
 
 
 def _from_launcher(kind: str, *, plugin: bool = True, **data) -> dict:
-    from qwen3vl_vllm.config import load_config
-    from qwen3vl_vllm.launcher import dry_run_command, vllm_args
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import dry_run_command, vllm_args
 
     cfg = load_config(None, data={"model": NAMES[kind], **data})
     args = vllm_args(cfg, cfg.model, plugin=plugin)
@@ -96,7 +96,7 @@ def test_plugin_offline_launcher_and_benchmarks_agree(kind):
     # the benchmarks' plain-vLLM server: the same, less what only the plugin's loader reads
     plain = _from_launcher(kind, plugin=False)
     video = dict(expected["media_io_kwargs"]["video"])
-    from qwen3vl_vllm.launcher import PLUGIN_ONLY_VIDEO_KEYS
+    from qwen3vl_vllm.ops.launcher import PLUGIN_ONLY_VIDEO_KEYS
 
     for key in PLUGIN_ONLY_VIDEO_KEYS:
         video.pop(key)
@@ -119,8 +119,8 @@ def test_vllm_resolves_the_plugins_settings(tmp_path):
     """vLLM's own ModelConfig, built from a tiny embedding checkpoint with no flags."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from qwen3vl_vllm import plugin
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.serving import plugin
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     ckpt = ensure_checkpoint(tmp_path, kind="embedding", size="tiny")
     plugin.register()
@@ -141,8 +141,8 @@ def test_launcher_leaves_the_kv_cache_to_the_plugin_unless_asked(monkeypatch, na
     bf16): only a config's cpu_kvcache_gib or the user's own variable may set it."""
     from pathlib import Path
 
-    from qwen3vl_vllm.config import load_config
-    from qwen3vl_vllm.launcher import server_env, vllm_env
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import server_env, vllm_env
 
     root = Path(__file__).resolve().parents[2]
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
@@ -162,7 +162,7 @@ def test_offline_engine_gets_the_served_chat_template(kind, tmp_path, monkeypatc
     unless the user passes their own."""
     import tempfile
 
-    from qwen3vl_vllm.offline import _engine_kwargs
+    from qwen3vl_vllm.offline.engines import _engine_kwargs
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert _engine_kwargs(kind, {})["chat_template"] == settings.chat_template_text(kind)

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from qwen3vl_vllm import video_fit as F
-from qwen3vl_vllm import video_fit_hook as H
+from qwen3vl_vllm.prompts import video_fit as F
+from qwen3vl_vllm.serving import video_fit_hook as H
 
 SEED = 20261128
 
@@ -191,7 +191,7 @@ def test_fitted_uuids_are_distinct_per_frame_count():
 
 
 def test_client_warns_naming_the_input():
-    from qwen3vl_vllm.client import EmbeddingClient
+    from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
     def handler(request):
         body = json.loads(request.content)
@@ -212,8 +212,8 @@ def test_client_warns_naming_the_input():
 
 
 def test_config_video_fit_reaches_the_server_env():
-    from qwen3vl_vllm.config import ConfigError, load_config
-    from qwen3vl_vllm.launcher import dry_run_command, server_env
+    from qwen3vl_vllm.ops.config import ConfigError, load_config
+    from qwen3vl_vllm.ops.launcher import dry_run_command, server_env
 
     cfg = load_config(None, data={"model": "m", "kind": "embedding", "server": {"video_fit": "refuse"}})
     assert server_env(cfg, base={})[F.FIT_ENV] == "refuse"
@@ -231,7 +231,7 @@ def test_hf_video_processor_would_shrink_a_reference_sized_clip():
 
     from transformers import AutoProcessor
 
-    from qwen3vl_vllm.checkpoint import ensure_checkpoint
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
 
     ckpt = ensure_checkpoint(Path(__file__).resolve().parents[2] / ".cache" / "checkpoints",
                              kind="embedding", size="tiny")

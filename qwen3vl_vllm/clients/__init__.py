@@ -1,0 +1,2 @@
+"""Request bodies from upstream input dicts (``messages``) and the sync/async HTTP clients
+(``embedding``, ``rerank``); no torch, no vLLM."""
