@@ -34,7 +34,8 @@ from qwen3vl_vllm import exitguard
 from qwen3vl_vllm.prompts import video_fit as fitting
 from qwen3vl_vllm.prompts.video_reports import collecting
 from qwen3vl_vllm.errors import InputError
-from qwen3vl_vllm.prompts.engine import RESERVED_CPU_ENV, chat_template_text, effective_engine_kwargs, image_tokens
+from qwen3vl_vllm.prompts.engine import (RESERVED_CPU_ENV, chat_template_text,
+                                         effective_engine_kwargs, image_tokens)
 
 PROGRESS_THRESHOLD = 256
 # Engine settings for offline use, each unless the user set it (environment variables, read

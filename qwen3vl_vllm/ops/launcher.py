@@ -63,11 +63,12 @@ class ServerStartError(RuntimeError):
 
 
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
-from qwen3vl_vllm.serving.embed_inputs import INSTRUCTIONS_ENV, RAW_ENV, TRUNCATE_ENV  # noqa: E402  (light: no vLLM import)
+from qwen3vl_vllm.serving.embed_inputs import (INSTRUCTIONS_ENV, RAW_ENV, TRUNCATE_ENV)  # noqa: E402  (light: no vLLM import)
 from qwen3vl_vllm.serving.policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
-from qwen3vl_vllm.prompts.video_fit import DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV  # noqa: E402  (light: no vLLM import)
-from qwen3vl_vllm.serving.settings import KEEP_ALIVE_ENV, MIDDLEWARES, REMOTE_MEDIA_ENV, REMOTE_OFF_DOMAIN
-from qwen3vl_vllm.media.budget import IN_FLIGHT_ENV, REQUEST_BYTES_ENV, SECONDS_ENV  # noqa: E402  (light: no vLLM import)
+from qwen3vl_vllm.prompts.video_fit import (DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV)  # noqa: E402  (light: no vLLM import)
+from qwen3vl_vllm.serving.settings import (KEEP_ALIVE_ENV, MIDDLEWARES, REMOTE_MEDIA_ENV,
+                                           REMOTE_OFF_DOMAIN)
+from qwen3vl_vllm.media.budget import (IN_FLIGHT_ENV, REQUEST_BYTES_ENV, SECONDS_ENV)  # noqa: E402  (light: no vLLM import)
 
 
 def resolve_model(model: str, *, build: bool, root: str | os.PathLike = ".cache") -> str:

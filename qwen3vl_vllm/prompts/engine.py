@@ -20,7 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS, EMBED_MAX_LENGTH, IMAGE_FACTOR, MediaSettings
+from qwen3vl_vllm.prompts.inputs import (DEFAULT_SETTINGS, EMBED_MAX_LENGTH, IMAGE_FACTOR,
+                                         MediaSettings)
 from qwen3vl_vllm.prompts.truncation import RERANK_MAX_MODEL_LEN
 
 KINDS = ("embedding", "reranker")

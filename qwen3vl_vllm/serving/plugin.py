@@ -38,8 +38,11 @@ from typing import Any
 
 from qwen3vl_vllm.serving.detect import detect_kind
 from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, max_body_bytes
-from qwen3vl_vllm.prompts.engine import CPU_DEFAULTS_ENV, CPU_ENGINE_DEFAULTS, GIB, RESERVED_CPU_ENV, cpu_reserved_cores, chat_template_text, cpu_kv_cache_bytes, effective_engine_kwargs
-from qwen3vl_vllm.serving.settings import KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES
+from qwen3vl_vllm.prompts.engine import (CPU_DEFAULTS_ENV, CPU_ENGINE_DEFAULTS, GIB,
+                                         RESERVED_CPU_ENV, cpu_reserved_cores, chat_template_text,
+                                         cpu_kv_cache_bytes, effective_engine_kwargs)
+from qwen3vl_vllm.serving.settings import (KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR,
+                                           MEDIA_CONNECTOR_ENV, MIDDLEWARES)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
