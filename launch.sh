@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# qwen3vl-vllm launcher: setup | test | demo | serve | bench
+# qwen3vl-vllm launcher: setup | test | demo | serve | bench | docs | test-vllm
 #
 #   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
 #   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
 #   ./launch.sh demo           setup, tiny checkpoints, servers, clients, similarity matrix + rerank
 #   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE` (extra args follow)
 #   ./launch.sh bench [--full] setup, then benchmarks/run.py (quick by default, < 5 min)
+#   ./launch.sh docs           build the docs site (mkdocs --strict, .venv-docs) and serve it on
+#                              127.0.0.1:8008 (QWEN3VL_DOCS_ADDR)
 #   ./launch.sh test-vllm 0.33 the contract check, the [gpu] resolver check and the engine-free
 #                              unit tests on vLLM 0.33's Python code (built from its sdist, no
 #                              kernels) in .venv-vllm033; add --cpu-kernels to run the parity
@@ -27,6 +29,10 @@ STAMP="$VENV/.qwen3vl-setup-stamp"
 # them against a live server from there.
 CLIENTS_VENV="$ROOT/.venv-clients"
 CLIENTS_PKGS=("llama-index-embeddings-openai-like>=0.4" "numpy")
+# The docs toolchain, pinned, in a venv of its own (its Markdown/Jinja pins are not vLLM's).
+DOCS_VENV="$ROOT/.venv-docs"
+DOCS_PKGS=("mkdocs==1.6.1" "mkdocs-material==9.8.2" "mkdocstrings-python==2.0.11")
+export NO_MKDOCS_2_WARNING=1
 
 export VLLM_HOST_IP="${VLLM_HOST_IP:-127.0.0.1}"
 # No VLLM_CPU_KVCACHE_SPACE here: on CPU the plugin sizes the KV cache for the model served
@@ -85,6 +91,17 @@ setup_clients() {
   log "installing client libraries into .venv-clients (${CLIENTS_PKGS[*]})"
   "${QWEN3VL_PYTHON:-python3}" -m venv "$CLIENTS_VENV"
   "$CLIENTS_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CLIENTS_PKGS[@]}"
+  echo "$want" > "$stamp"
+}
+
+setup_docs() {
+  local want="${DOCS_PKGS[*]}" stamp="$DOCS_VENV/.qwen3vl-docs-stamp"
+  if [[ -x "$DOCS_VENV/bin/mkdocs" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  log "installing the docs toolchain into .venv-docs (${DOCS_PKGS[*]})"
+  "${QWEN3VL_PYTHON:-python3}" -m venv "$DOCS_VENV"
+  "$DOCS_VENV/bin/python" -m pip install -q --disable-pip-version-check "${DOCS_PKGS[@]}"
   echo "$want" > "$stamp"
 }
 
@@ -168,10 +185,11 @@ with_cpu_kernels() {  # sets KERNEL_VENV
 
 cmd="${1:-help}"; shift || true
 case "$cmd" in
-  setup) setup; setup_clients ;;
+  setup) setup; setup_clients; setup_docs ;;
   test)
     setup
     setup_clients
+    setup_docs
     cd "$ROOT"
     exec "$PY" -m pytest "$@"
     ;;
@@ -186,6 +204,12 @@ case "$cmd" in
     cfg="$1"; shift
     cd "$ROOT"
     exec "$PY" -m qwen3vl_vllm.ops.cli serve --config "$cfg" "$@"
+    ;;
+  docs)
+    setup_docs
+    cd "$ROOT"
+    "$DOCS_VENV/bin/mkdocs" build --strict
+    exec "$DOCS_VENV/bin/mkdocs" serve --strict -a "${QWEN3VL_DOCS_ADDR:-127.0.0.1:8008}" "$@"
     ;;
   bench)
     setup

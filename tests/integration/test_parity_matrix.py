@@ -9,11 +9,19 @@ Rows are cases (tests/cases.py: ``matrix_cases`` / ``rerank_matrix_cases``), col
   original media (``""`` documents as the empty string, empty ones as ``{"content": []}``).
 
 Bounds (fp32, tiny checkpoint): cosine >= 0.999999 and |score difference| <= 1e-5. A double
-resize (~3e-4) or a lost pre-resize fails here. The table is printed (``pytest -s``).
+resize (~3e-4) or a lost pre-resize fails here. The table is printed (``pytest -s``) and written
+as JSON with the run's date, machine and versions to ``$QWEN3VL_PARITY_DIR`` (default
+``.cache/parity/``); the docs' parity tables are generated from a committed copy
+(``docs/data/parity/``, see ``docs/hooks/figures.py``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -44,6 +52,30 @@ def _table(title: str, columns: list[str], rows: dict[str, dict[str, float]], fm
     return "\n".join(lines)
 
 
+def _machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _record(kind: str, columns: list[str], rows: dict, bound: dict) -> None:
+    """The table as JSON, for the docs (written whether or not the bounds held: ``passed``)."""
+    import torch
+    import vllm
+
+    folder = Path(os.environ.get("QWEN3VL_PARITY_DIR") or Path(__file__).resolve().parents[2] / ".cache" / "parity")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{kind}.json").write_text(json.dumps({
+        "kind": kind, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(), "vllm": vllm.__version__, "torch": torch.__version__,
+        "checkpoint": "tiny random Qwen3-VL, float32",
+        "command": "./launch.sh test -k parity_matrix", "bound": bound,
+        "columns": columns, "rows": rows}, indent=1) + "\n")
+
+
 def test_embedding_parity_matrix(offline_results, embedding_server, reference_embedder, matrix_media):
     from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
@@ -68,6 +100,7 @@ def test_embedding_parity_matrix(offline_results, embedding_server, reference_em
             failures += [f"{name} {col}: cosine {cos:.7f}" for col, cos in cells.items() if cos < COS_BOUND]
     print("\n" + _table("embedding (cosine with the reference)", ["offline", "client", "plain HTTP"],
                         rows, ".7f"))
+    _record("embedding", ["offline", "client", "plain HTTP"], rows, {"cosine_min": COS_BOUND})
     assert len(rows) == len(cases) >= 28
     assert not failures, "\n".join(failures)
 
@@ -116,5 +149,7 @@ def test_rerank_parity_matrix(offline_rerank, reranker_server, reference_reranke
             failures += [f"{name} {col}: |diff| {d:.2e}" for col, d in cells.items() if d > SCORE_BOUND]
     print("\n" + _table("reranker (reference score, then max |difference| per path)",
                         ["reference", "offline", "client", "plain /rerank", "plain /score"], rows, ".2e"))
+    _record("reranker", ["reference", "offline", "client", "plain /rerank", "plain /score"], rows,
+            {"abs_diff_max": SCORE_BOUND})
     assert len(rows) == len(cases) >= 19
     assert not failures, "\n".join(failures)

@@ -1,0 +1,60 @@
+"""MkDocs hook: the figures in the docs are generated from committed JSON, never copied.
+
+A page line ``<!-- figures: KIND PATH -->`` (PATH relative to the repository) is replaced by the
+tables of that run, with its date, machine, versions and command:
+
+- ``parity docs/data/parity/embedding.json`` (or ``reranker.json``): written by
+  ``tests/integration/test_parity_matrix.py`` on every run of the suite, copied here to publish;
+- ``bench benchmarks/published/<date>/results.json``: written by ``benchmarks/run.py``, rendered
+  by the bench's own ``benchmarks/report.py``.
+
+A marker whose file is missing or malformed fails the build (``mkdocs build --strict``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"^<!-- figures: (\w+) (\S+) -->$", re.M)
+
+
+def _parity(run: dict) -> str:
+    fmt = ".7f" if run["kind"] == "embedding" else ".2e"
+    bound = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in run["bound"].items())
+    lines = [f"*Run of {run['date']} on {run['machine']}: vLLM {run['vllm']}, torch {run['torch']}, "
+             f"{run['checkpoint']}; `{run['command']}`; bound asserted: {bound}.*", "",
+             "| case | " + " | ".join(run["columns"]) + " |", "|---|" + "---|" * len(run["columns"])]
+    for name, cells in run["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(format(cells[c], fmt) if c in cells else "–"
+                                                for c in run["columns"]) + " |")
+    return "\n".join(lines)
+
+
+def _bench(run: dict) -> str:
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    text = report.markdown(run)
+    # the report's own title and headings sit one level below the page's
+    text = re.sub(r"^# .*\n", "", text, count=1)
+    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+
+
+RENDER = {"parity": _parity, "bench": _bench}
+
+
+def render(kind: str, path: str) -> str:
+    if kind not in RENDER:
+        raise ValueError(f"figures marker: unknown kind {kind!r} (one of {sorted(RENDER)})")
+    file = ROOT / path
+    if not file.is_file():
+        raise FileNotFoundError(f"figures marker: {path} does not exist")
+    return RENDER[kind](json.loads(file.read_text()))
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs' hook API)
+    return MARKER.sub(lambda m: render(m.group(1), m.group(2)), markdown)
