@@ -83,27 +83,20 @@ setup() {
   log "setup done ($fl)"
 }
 
-setup_clients() {
-  local want="${CLIENTS_PKGS[*]}" stamp="$CLIENTS_VENV/.qwen3vl-clients-stamp"
-  if [[ -x "$CLIENTS_VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+side_venv() {  # VENV WHAT PKG...: a venv of its own for tools whose pins clash with vLLM's
+  local venv="$1" what="$2"; shift 2
+  local want="$*" stamp="$venv/.qwen3vl-stamp"
+  if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
-  log "installing client libraries into .venv-clients (${CLIENTS_PKGS[*]})"
-  "${QWEN3VL_PYTHON:-python3}" -m venv "$CLIENTS_VENV"
-  "$CLIENTS_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CLIENTS_PKGS[@]}"
+  log "installing $what into $(basename "$venv") ($*)"
+  "${QWEN3VL_PYTHON:-python3}" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"
   echo "$want" > "$stamp"
 }
 
-setup_docs() {
-  local want="${DOCS_PKGS[*]}" stamp="$DOCS_VENV/.qwen3vl-docs-stamp"
-  if [[ -x "$DOCS_VENV/bin/mkdocs" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    return 0
-  fi
-  log "installing the docs toolchain into .venv-docs (${DOCS_PKGS[*]})"
-  "${QWEN3VL_PYTHON:-python3}" -m venv "$DOCS_VENV"
-  "$DOCS_VENV/bin/python" -m pip install -q --disable-pip-version-check "${DOCS_PKGS[@]}"
-  echo "$want" > "$stamp"
-}
+setup_clients() { side_venv "$CLIENTS_VENV" "client libraries" "${CLIENTS_PKGS[@]}"; }
+setup_docs() { side_venv "$DOCS_VENV" "the docs toolchain" "${DOCS_PKGS[@]}"; }
 
 # vLLM releases whose Python code the project tests beside the one it runs (no CPU wheel exists
 # for them): built from the sdist with VLLM_TARGET_DEVICE=empty (exact Python, no kernels, no
