@@ -32,3 +32,14 @@ REMOTE_MEDIA_ENV = "QWEN3VL_REMOTE_MEDIA"
 MEDIA_ORIGINS_ENV = "QWEN3VL_MEDIA_ALLOWED_ORIGINS"
 # the "no domain" the launcher gives plain vLLM (--allowed-media-domains) when fetches are off
 REMOTE_OFF_DOMAIN = "remote-fetch-is-off.invalid"
+
+
+def __getattr__(name: str):
+    """The flat ``qwen3vl_vllm.settings`` (now this module, see ``_moved``) also held the engine
+    settings per kind; under the old name they still resolve, from ``prompts.engine``."""
+    from qwen3vl_vllm.prompts import engine
+
+    try:
+        return getattr(engine, name)
+    except AttributeError:
+        raise AttributeError(f"module 'qwen3vl_vllm.serving.settings' has no attribute {name!r}") from None

@@ -157,3 +157,19 @@ def test_python_dash_m_with_an_old_name_still_runs(installed):
                          env={**__import__("os").environ, "PYTHONPATH": str(installed)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "serve" in run.stdout
+
+
+def test_the_old_settings_module_keeps_both_halves():
+    """``qwen3vl_vllm.settings`` held the engine settings and the server's; after the split the
+    old name still gives both (the docstring example of old releases used the former)."""
+    import warnings
+
+    from qwen3vl_vllm.prompts import engine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from qwen3vl_vllm.settings import MIDDLEWARES, effective_engine_kwargs
+    assert effective_engine_kwargs is engine.effective_engine_kwargs
+    assert MIDDLEWARES[-1].endswith("serving.auth.ApiKeyMiddleware")
+    with pytest.raises(ImportError, match="cannot import name 'nothing_here'"):
+        from qwen3vl_vllm.settings import nothing_here  # noqa: F401
