@@ -30,6 +30,15 @@ class MediaError(InputError):
     """An image or video could not be loaded, decoded or resized."""
 
 
+class JobError(Qwen3VLError):
+    """An index job cannot start or resume: what is wrong and what to do."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}. {fix}" if fix else problem)
+
+
 # ---- client-side errors, mapped from HTTP status ---------------------------------------------
 
 

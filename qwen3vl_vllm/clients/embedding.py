@@ -39,14 +39,18 @@ from qwen3vl_vllm.errors import (APIConnectionError, APIError, APITimeoutError, 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 
-def _body(response: Any, where: str) -> Any:
+def _body(response: Any, where: str, frames: list | None = None) -> Any:
     """The JSON of a raw response; a server that fitted a video to ``max_model_len`` says so in
-    ``X-Qwen3VL-Video-Frames`` (see ``video_fit``), and the client warns naming the input."""
+    ``X-Qwen3VL-Video-Frames`` (see ``video_fit``), and the client warns naming the input.
+    ``frames``, when given, receives the header's ``(used, prepared)`` pairs."""
     import warnings
 
     from qwen3vl_vllm.prompts.video_fit import HEADER, VideoFitWarning, parse_header
 
-    fitted = [f"{u} of {n}" for u, n in parse_header(response.headers.get(HEADER)) if u < n]
+    pairs = parse_header(response.headers.get(HEADER))
+    if frames is not None:
+        frames.extend(pairs)
+    fitted = [f"{u} of {n}" for u, n in pairs if u < n]
     if fitted:
         warnings.warn(VideoFitWarning(f"{where}: the server reduced video frames to fit "
                                       f"max_model_len ({', '.join(fitted)} frames)"), stacklevel=4)
@@ -192,7 +196,7 @@ class _Client(_Base):
                 raise _map_openai_error(e, "models") from None
         return self._s.model
 
-    def _call(self, path: str, body: dict, where: str) -> Any:
+    def _call(self, path: str, body: dict, where: str, frames: list | None = None) -> Any:
         import time
 
         import httpx
@@ -204,7 +208,7 @@ class _Client(_Base):
             except Exception as e:  # noqa: BLE001
                 err = _map_openai_error(e, where)
             else:
-                return _body(response, where)
+                return _body(response, where, frames)
             if self._s.give_up(err, attempt):
                 raise err
             time.sleep(self._s.delay(attempt))
@@ -295,6 +299,48 @@ class EmbeddingClient(_Client):
         with ThreadPoolExecutor(max_workers=min(self._s.max_concurrency, len(bodies))) as pool:
             vectors = list(pool.map(one, range(len(bodies))))
         return quantize(np.stack(vectors), precision)
+
+
+    def embed_each(self, inputs: Sequence[Mapping[str, Any]], *, instruction: str | None = None,
+                   dimensions: int | None = None, truncate: bool = False) -> list:
+        """Embed every input, going on past bad items: one entry per input, in order.
+
+        An entry is ``(vector, info)``, the float32 vector and ``{"prompt_tokens": n,
+        "video_frames": [(used, prepared), ...]}`` (the server's ``usage`` and its
+        ``X-Qwen3VL-Video-Frames``), or the item's own error: an ``InputError``/``MediaError``
+        found here, or the server's ``BadRequestError``/``RequestTooLargeError``/
+        ``UnprocessableEntityError`` for it. Errors that are not the item's (the server down
+        after the retries, 5xx, a wrong key) raise, so a job can stop and resume later.
+
+        Example::
+
+            entries = EmbeddingClient().embed_each([{"text": "a cat"}, {"image": "missing.png"}])
+            # [(array([...], dtype=float32), {"prompt_tokens": 14, ...}), MediaError(...)]
+        """
+        from qwen3vl_vllm.errors import BadRequestError, RequestTooLargeError, UnprocessableEntityError
+
+        _check_list(inputs)
+        _check_dimensions(dimensions)
+        item_errors = (InputError, BadRequestError, RequestTooLargeError, UnprocessableEntityError)
+
+        def one(i: int):
+            try:
+                body = embedding_body(inputs[i], index=i, model=self.model, instruction=instruction,
+                                      dimensions=dimensions, encoding_format="base64",
+                                      settings=self._s.settings, policy=self._s.policy,
+                                      truncate=truncate)
+                frames: list = []
+                resp = self._call("/embeddings", body, f"inputs[{i}]", frames)
+            except item_errors as e:
+                return e
+            usage = resp.get("usage") or {}
+            return (_decode_embedding(resp["data"][0]["embedding"]),
+                    {"prompt_tokens": usage.get("prompt_tokens"), "video_frames": frames})
+
+        if not inputs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self._s.max_concurrency, len(inputs))) as pool:
+            return list(pool.map(one, range(len(inputs))))
 
 
 class AsyncEmbeddingClient(_AsyncClient):

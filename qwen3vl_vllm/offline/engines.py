@@ -136,19 +136,30 @@ class _Engine:
                 data["video"].append((clip.permute(0, 2, 3, 1).contiguous().numpy(), vllm_video_metadata(meta)))
         return data, {k: [f"{tag}.{k}{i}" for i in range(len(v))] for k, v in data.items()}
 
-    def _media_all(self, jobs: list[tuple[list[dict], str, str]]) -> list[tuple[dict, dict]]:
+    def _media_all(self, jobs: list[tuple[list[dict], str, str]], *,
+                   keep_errors: bool = False) -> list:
         """``_multimodal`` for many inputs, on threads when more than one has images. Results
-        (and the first error, by input order) come back in input order. Videos stay on this
-        thread: their clip resize is a torch op that already uses every core (the gain of
-        threads is PIL's resize, which releases the GIL and runs on one core)."""
+        (and the first error, by input order) come back in input order; with ``keep_errors`` a
+        bad input's slot holds its ``InputError`` instead. Videos stay on this thread: their
+        clip resize is a torch op that already uses every core (the gain of threads is PIL's
+        resize, which releases the GIL and runs on one core)."""
+
+        def one(job):
+            if not keep_errors:
+                return self._multimodal(*job)
+            try:
+                return self._multimodal(*job)
+            except InputError as e:
+                return e
+
         kinds = [{p["type"] for p in parts} for parts, _, _ in jobs]
         with_media = sum("image" in k for k in kinds)
         if with_media < 2 or MEDIA_THREADS < 2 or any("video" in k for k in kinds):
-            return [self._multimodal(*job) for job in jobs]
+            return [one(job) for job in jobs]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(MEDIA_THREADS, with_media)) as pool:
-            return list(pool.map(lambda job: self._multimodal(*job), jobs))
+            return list(pool.map(one, jobs))
 
     @staticmethod
     def _call_tag() -> str:
@@ -246,7 +257,9 @@ class _Engine:
                 outputs = call()
             except fitting.VideoFitError as e:
                 named = [i for i, p in enumerate(prompts) if id(p.get("multi_modal_data")) == e.data_id]
-                raise InputError(where(named[0]) if named else "inputs", str(e)) from None
+                err = InputError(where(named[0]) if named else "inputs", str(e))
+                err.index = named[0] if named else None  # which prompt (embed_prompts drops it)
+                raise err from None
         # reports name their prompt by its media object, which vLLM passes through unchanged
         # (not by text: two inputs with the same video placeholder render the same prompt)
         by_data = {r["data_id"]: r for r in reports if r.get("data_id") is not None}
@@ -291,22 +304,57 @@ class Qwen3VLEmbedder(_Engine):
 
     kind = "embedding"
 
-    def prompts(self, inputs: Sequence[Mapping[str, Any]], *, truncate: bool = False) -> list[dict]:
+    def prompts(self, inputs: Sequence[Mapping[str, Any]], *, truncate: bool = False,
+                errors: str = "raise") -> list:
         """vLLM prompts (token ids, media and their ids) for ``inputs``, checked item by item;
-        ``truncate``: over-long inputs cut as the reference cuts them (``_fit_length``)."""
+        ``truncate``: over-long inputs cut as the reference cuts them (``_fit_length``).
+
+        ``errors="raise"`` (the default) raises the first bad item's ``InputError``/``MediaError``;
+        ``errors="return"`` puts it in that item's slot and prepares the rest, for jobs that go
+        on past a bad item (``qwen3vl_vllm.index``)."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        keep = errors == "return"
         if isinstance(inputs, Mapping):
             raise InputError("inputs", "expected a list of input dicts, got one dict",
                              "Wrap it in a list: [item]")
-        convs = [embedding_conversation(item, index=i, settings=self.settings)
-                 for i, item in enumerate(inputs)]
+        convs: list = []
+        for i, item in enumerate(inputs):
+            try:
+                convs.append(embedding_conversation(item, index=i, settings=self.settings))
+            except InputError as e:
+                if not keep:
+                    raise
+                convs.append(e)
         tag = self._call_tag()
-        media = self._media_all([(c[1]["content"], f"inputs[{i}]", f"{tag}.{i}") for i, c in enumerate(convs)])
-        texts, ids = self._render(convs, self.template)
-        out = []
-        for i, (text, tokens, (data, uuids)) in enumerate(zip(texts, ids, media)):
-            fitted = self._fit_length(tokens, data, f"inputs[{i}]", truncate)
-            out.append(self._engine_prompt(text if fitted is tokens else None, fitted, data, uuids))
+        good = [i for i, c in enumerate(convs) if not isinstance(c, InputError)]
+        media = dict(zip(good, self._media_all(
+            [(convs[i][1]["content"], f"inputs[{i}]", f"{tag}.{i}") for i in good], keep_errors=keep)))
+        good = [i for i in good if not isinstance(media[i], InputError)]
+        texts, ids = self._render([convs[i] for i in good], self.template)
+        out: list = [convs[i] if isinstance(convs[i], InputError) else media.get(i) for i in range(len(convs))]
+        for i, text, tokens in zip(good, texts, ids):
+            data, uuids = media[i]
+            try:
+                fitted = self._fit_length(tokens, data, f"inputs[{i}]", truncate)
+            except InputError as e:
+                if not keep:
+                    raise
+                out[i] = e
+                continue
+            out[i] = self._engine_prompt(text if fitted is tokens else None, fitted, data, uuids)
         return out
+
+    def _check_dimensions(self, dimensions: int | None) -> int:
+        """The model's hidden size, after checking ``dimensions`` against it."""
+        dim = self.llm.llm_engine.model_config.get_hidden_size()
+        if dimensions is not None:
+            if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+                raise InputError("dimensions", f"must be a whole number, got {dimensions!r}")
+            if not 1 <= dimensions <= dim:
+                raise InputError("dimensions", f"must be between 1 and {dim}, got {dimensions}",
+                                 "The model card advises at least 64")
+        return dim
 
     def process(self, inputs: Sequence[Mapping[str, Any]], normalize: bool = True,
                 dimensions: int | None = None, precision: str = "float32", *,
@@ -327,13 +375,7 @@ class Qwen3VLEmbedder(_Engine):
 
         if precision not in PRECISIONS:
             raise InputError("precision", f"must be one of {PRECISIONS}, got {precision!r}")
-        dim = self.llm.llm_engine.model_config.get_hidden_size()
-        if dimensions is not None:
-            if isinstance(dimensions, bool) or not isinstance(dimensions, int):
-                raise InputError("dimensions", f"must be a whole number, got {dimensions!r}")
-            if not 1 <= dimensions <= dim:
-                raise InputError("dimensions", f"must be between 1 and {dim}, got {dimensions}",
-                                 "The model card advises at least 64")
+        dim = self._check_dimensions(dimensions)
         prompts = self.prompts(inputs, truncate=truncate)
         if not prompts:
             empty = np.zeros((0, dimensions or dim), dtype=np.float32)
@@ -344,6 +386,46 @@ class Qwen3VLEmbedder(_Engine):
             lambda i: f"inputs[{i}]")
         vectors = quantize(np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32), precision)
         return (vectors, meta) if return_metadata else vectors
+
+    def embed_prompts(self, prompts: Sequence[Any], *, normalize: bool = True,
+                      dimensions: int | None = None) -> list:
+        """Embed what ``prompts(..., errors="return")`` made, going on past bad items.
+
+        Returns one entry per slot, in order: the item's ``InputError`` (from ``prompts``, or
+        from the engine, e.g. a video that cannot fit ``max_model_len``), else ``(vector,
+        metadata)`` with the float32 vector and ``{"video_frames": [(used, prepared), ...],
+        "prompt_tokens": n}`` (the prompt's length once the media are expanded).
+
+        Example::
+
+            with Qwen3VLEmbedder(model) as m:
+                for entry in m.embed_prompts(m.prompts(items, errors="return")):
+                    print(entry if isinstance(entry, Exception) else entry[0][:4])
+        """
+        import numpy as np
+        from vllm import PoolingParams
+
+        self._check_dimensions(dimensions)
+        out: list = list(prompts)
+        todo = [i for i, p in enumerate(out) if not isinstance(p, InputError)]
+        params = PoolingParams(dimensions=dimensions, use_activation=normalize)
+        while todo:
+            batch = [out[i] for i in todo]
+            try:
+                outputs, meta = self._run(batch, lambda: self.llm.embed(
+                    batch, pooling_params=params, use_tqdm=False), lambda k: f"inputs[{todo[k]}]")
+            except InputError as e:  # one prompt the engine refused: drop it and run the rest
+                k = getattr(e, "index", None)
+                if k is None:
+                    raise
+                out[todo.pop(k)] = e
+                continue
+            for i, o, m in zip(todo, outputs, meta, strict=True):
+                tokens = m["prompt_tokens"] or len(getattr(o, "prompt_token_ids", None) or [])
+                out[i] = (np.asarray(o.outputs.embedding, dtype=np.float32),
+                          {"video_frames": m["video_frames"], "prompt_tokens": tokens})
+            break
+        return out
 
 
 class Qwen3VLReranker(_Engine):

@@ -134,3 +134,33 @@ def test_a_truncated_pair_carries_only_its_ids(reranker_ckpt):
     assert len(cut["prompt_token_ids"]) < len(full[1]["prompt_token_ids"])
     tail = full[1]["prompt_token_ids"][-RERANK_SUFFIX_TOKENS:]
     assert cut["prompt_token_ids"][-RERANK_SUFFIX_TOKENS:] == tail  # the answer suffix survives
+
+
+def test_prompts_can_return_each_bad_items_error_in_its_place(embedding_ckpt, tmp_path):
+    """``errors="return"`` (the index job's mode): bad items' errors in their slots, named by
+    their place, and every good item's prompt exactly what it is without the bad ones."""
+    from qwen3vl_vllm.errors import InputError, MediaError
+
+    m = _shell(Qwen3VLEmbedder, embedding_ckpt, max_model_len=300)
+    good = _items(11, 6)
+    bad = {1: {"image": str(tmp_path / "missing.png")}, 3: {"txt": "typo"},
+           5: {"text": "word " * 400}, 6: {"image": b"\x89PNG\r\n\x1a\nbroken"}}
+    items = list(good)
+    for k in sorted(bad):
+        items.insert(k, bad[k])
+    got = m.prompts(items, errors="return")
+    alone = m.prompts(good)
+    assert len(got) == len(items)
+    for k, e in ((1, MediaError), (3, InputError), (5, InputError), (6, MediaError)):
+        assert isinstance(got[k], e), (k, got[k])
+        assert str(got[k]).startswith(f"inputs[{k}]"), str(got[k])
+    assert "max_model_len=300" in str(got[5])
+    rest = [p for k, p in enumerate(got) if k not in bad]
+    assert [p["prompt_token_ids"] for p in rest] == [p["prompt_token_ids"] for p in alone]
+    for a, b in zip(rest, alone):
+        assert [im.size for im in a.get("multi_modal_data", {}).get("image", [])] == \
+               [im.size for im in b.get("multi_modal_data", {}).get("image", [])]
+    with pytest.raises(InputError, match=r"^inputs\[3\]: unknown key"):  # checks come before media
+        m.prompts(items)
+    with pytest.raises(ValueError, match="errors must be 'raise' or 'return'"):
+        m.prompts(items, errors="skip")
