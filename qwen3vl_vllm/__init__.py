@@ -24,7 +24,10 @@ _EXPORTS = {
     "MediaError": "qwen3vl_vllm.errors",
     "Qwen3VLError": "qwen3vl_vllm.errors",
     "APIError": "qwen3vl_vllm.errors",
+    "JobError": "qwen3vl_vllm.errors",
     "register": "qwen3vl_vllm.serving.plugin",
+    "run_index": "qwen3vl_vllm.index.job",
+    "search": "qwen3vl_vllm.index.search",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -4,6 +4,8 @@ Example::
 
     qwen3vl-vllm make-checkpoint /tmp/ckpt/Qwen3-VL-Embedding-tiny --kind embedding --size tiny
     qwen3vl-vllm demo
+    qwen3vl-vllm index photos/ --model Qwen/Qwen3-VL-Embedding-2B --out photos.index
+    qwen3vl-vllm search photos.index --text "a red bicycle" -k 5
 """
 
 from __future__ import annotations
@@ -79,6 +81,132 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_args(pairs: list[str] | None) -> dict:
+    """``--engine-arg KEY=VALUE`` pairs as ``vllm.LLM`` keyword arguments (values as JSON
+    when they parse, e.g. ``max_model_len=4096``, ``enforce_eager=true``; else strings)."""
+    import json
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--engine-arg {pair!r}: expected KEY=VALUE, e.g. max_model_len=4096")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+# what `index` and `search` print on stdout is theirs (a summary, a table): vLLM logs to stderr
+LOGS_TO_STDERR = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+
+
+def _logs_to_stderr() -> None:
+    import os
+
+    for key, value in LOGS_TO_STDERR.items():
+        os.environ.setdefault(key, value)
+
+
+def _index(args: argparse.Namespace) -> int:
+    _logs_to_stderr()
+    from qwen3vl_vllm.errors import JobError
+    from qwen3vl_vllm.index.job import run_index
+
+    settings = {k: getattr(args, k) for k in ("dtype", "instruction", "dimensions", "precision",
+                                              "truncate", "min_pixels", "max_pixels",
+                                              "total_pixels", "fps", "max_frames", "video_fit")}
+    ray = {k: v for k, v in (("address", args.ray_address), ("actors", args.actors),
+                             ("cpus", args.actor_cpus), ("gpus", args.actor_gpus)) if v is not None}
+    try:
+        summary = run_index(args.source, model=args.model, out=args.out, backend=args.backend,
+                            servers=[u for s in args.servers or [] for u in s.split(",") if u],
+                            api_key=args.api_key, concurrency=args.concurrency,
+                            chunk_size=args.chunk_size, id_column=args.id_column,
+                            store=args.store, progress=not args.no_progress, ray=ray,
+                            engine=_engine_args(args.engine_arg), **settings)
+    except JobError as e:
+        print(f"qwen3vl-vllm index: {e}", file=sys.stderr)
+        return 2
+    print(summary.text(), flush=True)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    _logs_to_stderr()
+    from qwen3vl_vllm.errors import JobError, Qwen3VLError
+    from qwen3vl_vllm.index.search import format_hits, hits_json, search
+
+    try:
+        hits = search(args.dir, text=args.text, image=args.image, k=args.k, rerank=args.rerank,
+                      candidates=args.candidates, model=args.model, api_key=args.api_key,
+                      rerank_instruction=args.rerank_instruction,
+                      engine=_engine_args(args.engine_arg),
+                      rerank_engine=_engine_args(args.rerank_engine_arg))
+    except JobError as e:
+        print(f"qwen3vl-vllm search: {e}", file=sys.stderr)
+        return 2
+    except Qwen3VLError as e:  # the query itself (unreadable image...) or a server's answer
+        print(f"qwen3vl-vllm search: {e}", file=sys.stderr)
+        return 2
+    print(hits_json(hits) if args.json else format_hits(hits), flush=True)
+    return 0
+
+
+def _add_index(sub) -> None:
+    from qwen3vl_vllm.index.plan import DEFAULT_CHUNK_SIZE
+    from qwen3vl_vllm.quantize import PRECISIONS
+
+    ix = sub.add_parser("index", help="embed a corpus (table or folder) into Parquet shards, resumably",
+                        description="Embed every row of SOURCE into DIR. Kill it at any moment and "
+                        "run the same command again: it resumes. See docs/index.md.")
+    ix.add_argument("source", help="a folder, or a .jsonl/.csv/.parquet table with an id column")
+    ix.add_argument("--model", required=True, help="checkpoint (path or hub name), or the servers' model name")
+    ix.add_argument("--out", required=True, help="output folder (created; resumed if it holds this job)")
+    ix.add_argument("--backend", choices=["local", "servers", "ray"], default="local")
+    ix.add_argument("--servers", action="append", metavar="URL[,URL...]",
+                    help="base URLs of vllm serve replicas, e.g. http://host:8000/v1 (servers backend)")
+    ix.add_argument("--api-key", help="the servers' key (default QWEN3VL_API_KEY)")
+    ix.add_argument("--concurrency", type=int, default=8, help="requests in flight per server")
+    ix.add_argument("--dimensions", type=int, help="Matryoshka (MRL) dimensions")
+    ix.add_argument("--precision", choices=list(PRECISIONS), default="float32")
+    ix.add_argument("--instruction", help="instruction for rows without their own")
+    ix.add_argument("--dtype", help="model dtype (e.g. bfloat16, float32)")
+    ix.add_argument("--truncate", action="store_true", help="embed over-long inputs' first tokens as the reference does")
+    for name, kind in (("min-pixels", int), ("max-pixels", int), ("total-pixels", int),
+                       ("fps", float), ("max-frames", int)):
+        ix.add_argument(f"--{name}", type=kind)
+    ix.add_argument("--video-fit", choices=["reduce", "error"])
+    ix.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows per shard and per resume step")
+    ix.add_argument("--id-column", default="id")
+    ix.add_argument("--store", choices=["lancedb"], help="also write a LanceDB table for search")
+    ix.add_argument("--engine-arg", action="append", metavar="KEY=VALUE",
+                    help="extra vllm.LLM argument, e.g. max_model_len=4096 (repeatable)")
+    ix.add_argument("--ray-address", help="Ray cluster address (default RAY_ADDRESS, else a local one)")
+    ix.add_argument("--actors", type=int, help="Ray actors (default: one per GPU, else 1)")
+    ix.add_argument("--actor-cpus", type=float, help="CPUs per Ray actor")
+    ix.add_argument("--actor-gpus", type=float, help="GPUs per Ray actor")
+    ix.add_argument("--no-progress", action="store_true")
+    ix.set_defaults(func=_index)
+    se = sub.add_parser("search", help="top-k of an index folder for a text or image, optionally reranked")
+    se.add_argument("dir", help="an index folder made by `qwen3vl-vllm index`")
+    q = se.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--image", help="path or URL")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--rerank", metavar="MODEL_OR_URL", help="reranker checkpoint or server base URL")
+    se.add_argument("--candidates", type=int, help="rows retrieved for the reranker (default 3 x k)")
+    se.add_argument("--rerank-instruction")
+    se.add_argument("--model", metavar="MODEL_OR_URL",
+                    help="embed the query here instead of the index's model (e.g. its server's URL)")
+    se.add_argument("--api-key")
+    se.add_argument("--engine-arg", action="append", metavar="KEY=VALUE")
+    se.add_argument("--rerank-engine-arg", action="append", metavar="KEY=VALUE")
+    se.add_argument("--json", action="store_true", help="print the hits as JSON")
+    se.set_defaults(func=_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen3vl-vllm",
                                      description="Serve Qwen3-VL-Embedding/Reranker on vLLM.")
@@ -105,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--set", action="append", metavar="KEY=VALUE")
     deploy.add_argument("-o", "--output", help="write here instead of stdout")
     deploy.set_defaults(func=_deploy)
+    _add_index(sub)
     return parser
 
 

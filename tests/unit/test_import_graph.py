@@ -21,7 +21,8 @@ MAY_IMPORT = {
     "offline": {"prompts", "media", "offline"},
     "serving": {"prompts", "media", "serving"},
     "testing": {"prompts", "media", "serving", "testing"},  # the reference: see below
-    "ops": {"prompts", "media", "serving", "clients", "offline", "testing", "ops"},
+    "index": {"prompts", "clients", "offline", "index"},  # jobs on top: never serving internals
+    "ops": {"prompts", "media", "serving", "clients", "offline", "testing", "index", "ops"},
 }
 
 
@@ -163,7 +164,9 @@ def test_the_graph_sees_every_import_form():
 @pytest.mark.parametrize("module", ["qwen3vl_vllm.serving.plugin", "qwen3vl_vllm.clients.embedding",
                                     "qwen3vl_vllm.clients.rerank", "qwen3vl_vllm.ops.cli",
                                     "qwen3vl_vllm.serving.settings", "qwen3vl_vllm.prompts.engine",
-                                    "qwen3vl_vllm.prompts.inputs", "qwen3vl_vllm.media.sources"])
+                                    "qwen3vl_vllm.prompts.inputs", "qwen3vl_vllm.media.sources",
+                                    "qwen3vl_vllm.index.job", "qwen3vl_vllm.index.search",
+                                    "qwen3vl_vllm.index.ray_backend"])
 def test_light_modules_import_no_torch_or_vllm(module):
     code = (f"import sys, {module}; heavy = [m for m in ('torch', 'vllm') if m in sys.modules]; "
             "print(','.join(heavy))")
