@@ -1,9 +1,10 @@
 """Throughput benchmarks, measured side by side in one run (see README "Performance").
 
-    python benchmarks/run.py            # quick: tiny checkpoints, < 5 min, run by the test suite
+    python benchmarks/run.py            # quick: tiny checkpoints, < 5 min, run by CI (./launch.sh test-long)
     python benchmarks/run.py --full     # + more workloads/levels and the 2B-shaped model in bf16
     python benchmarks/run.py --check    # exit 1 unless every figure is present and positive,
                                         # parity passed and no request failed
+    python benchmarks/run.py index      # the index job on each backend vs process() (index_job.py)
 
 Writes results.json, results.md and throughput.png under --out (default
 benchmarks/results/<mode>-<date>). Every ratio compares numbers measured in this same run on
@@ -340,7 +341,17 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="the complete set (adds the 2B-shaped model)")
     parser.add_argument("--check", action="store_true", help="validate the figures; exit 1 on a problem")
     parser.add_argument("--out", help="output folder")
+    parser.add_argument("what", nargs="?", choices=["index"],
+                        help="index: the index job on each backend vs process() (index_job.py)")
+    parser.add_argument("--n", type=int, default=1000, help="index: items per round")
+    parser.add_argument("--rounds", type=int, default=2, help="index: rounds (new items each)")
     args = parser.parse_args(argv)
+    if args.what == "index":
+        import index_job
+
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return index_job.main(Path(args.out) if args.out else HERE / "results" / f"index-{stamp}",
+                              args.n, args.rounds)
 
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
     from qwen3vl_vllm.ops.launcher import ServerProcess

@@ -33,6 +33,21 @@ SERVER_ARGS = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilizatio
 FUZZ_ENV = "QWEN3VL_FUZZ_CASES"  # where the offline workers find the fuzzer's inputs
 
 
+_DESELECTED: list[str] = []
+
+
+def pytest_deselected(items):
+    _DESELECTED.extend(i.nodeid for i in items if i.get_closest_marker("ray") or i.get_closest_marker("bench"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say by name what the default marker expression left out, and where it runs instead."""
+    if _DESELECTED:
+        terminalreporter.write_sep("-", "left out by -m 'not ray and not bench' (CI's second step: ./launch.sh test-long)")
+        for nodeid in _DESELECTED:
+            terminalreporter.write_line(f"DESELECTED {nodeid}")
+
+
 def pytest_addoption(parser):
     from fuzz_inputs import DEFAULT_N, DEFAULT_SEED
 

@@ -1,4 +1,5 @@
-"""`./launch.sh bench` (the quick benchmark) runs inside the test suite.
+"""`./launch.sh bench` (the quick benchmark) runs as a test in CI's second step
+(``./launch.sh test-long``, marker ``bench``): at ~6 min it would be a quarter of the suite.
 
 No timing is asserted: only that the run finished, parity passed before timing, every figure is
 present and positive, and no request failed (``report.check``)."""
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parents[2]
 
 
