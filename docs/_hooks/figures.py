@@ -6,7 +6,9 @@ tables of that run, with its date, machine, versions and command:
 - ``parity docs/data/parity/embedding.json`` (or ``reranker.json``): written by
   ``tests/integration/test_parity_matrix.py`` on every run of the suite, copied here to publish;
 - ``bench benchmarks/published/<date>/results.json``: written by ``benchmarks/run.py``, rendered
-  by the bench's own ``benchmarks/report.py``.
+  by the bench's own ``benchmarks/report.py``;
+- ``index benchmarks/published/<date>-index/results.json``: written by ``benchmarks/run.py
+  index``, rendered by ``benchmarks/index_job.py``.
 
 A marker whose file is missing or malformed fails the build (``mkdocs build --strict``).
 """
@@ -44,7 +46,14 @@ def _bench(run: dict) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
 
 
-RENDER = {"parity": _parity, "bench": _bench}
+def _index(run: dict) -> str:
+    spec = importlib.util.spec_from_file_location("bench_index", ROOT / "benchmarks" / "index_job.py")
+    index_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(index_job)
+    return index_job.markdown(run)
+
+
+RENDER = {"parity": _parity, "bench": _bench, "index": _index}
 
 
 def render(kind: str, path: str) -> str:

@@ -34,18 +34,19 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_the_site_builds_strictly_with_every_page(site):
-    nav_pages = ["serving", "versions", "clients", "offline", "long-videos", "parity", "performance",
+    nav_pages = ["serving", "versions", "clients", "offline", "corpus", "long-videos", "parity", "performance",
                  "reliability", "security", "architecture", "troubleshooting", "api"]
     for page in nav_pages:
         assert (site / page / "index.html").is_file(), page
     api = (site / "api" / "index.html").read_text()
-    for name in ("Qwen3VLEmbedder", "Qwen3VLReranker", "EmbeddingClient", "RerankClient", "register"):
+    for name in ("Qwen3VLEmbedder", "Qwen3VLReranker", "EmbeddingClient", "RerankClient", "register",
+                 "run_index", "search", "JobSettings"):
         assert name in api, name
 
 
 def test_the_figures_are_the_committed_runs(site):
     """Every figures marker is replaced, and a cell of each table is the JSON's own value."""
-    for page in ("parity", "performance"):
+    for page in ("parity", "performance", "corpus"):
         assert "<!-- figures:" not in (site / page / "index.html").read_text(), page
     parity = (site / "parity" / "index.html").read_text()
     for kind, fmt in (("embedding", ".7f"), ("reranker", ".2e")):
@@ -58,6 +59,11 @@ def test_the_figures_are_the_committed_runs(site):
     bench = json.loads((ROOT / "benchmarks" / "published" / "2026-11-29-full" / "results.json").read_text())
     assert bench["date"] in perf
     assert f"{bench['offline'][0]['ratio']:.2f}×" in perf
+    corpus = (site / "corpus" / "index.html").read_text()
+    assert "<!-- figures:" not in corpus
+    index = json.loads((ROOT / "benchmarks" / "published" / "2026-12-02-index" / "results.json").read_text())
+    assert f"Run of {index['date']}" in corpus
+    assert f"{index['rows']['local']['vs_process']['median']:.2f}x" in corpus
 
 
 def test_a_marker_without_its_json_fails_the_build():
