@@ -49,9 +49,9 @@ class IndexSummary:
     first_errors: list = field(default_factory=list)  # the first few error messages, by row
 
     def text(self) -> str:
-        ok = "ok" if self.vectors + self.errors == self.inputs else "MISMATCH"
+        # written only after verify(), which raises on any mismatch
         lines = [f"indexed {self.inputs} inputs: {self.vectors} vectors + {self.errors} errors "
-                 f"= {self.vectors + self.errors} ({ok}); every row once, every id once",
+                 f"= {self.vectors + self.errors} (ok); every row once, every id once",
                  f"chunks: {self.chunks} ({self.chunks - self.chunks_this_run} from earlier runs, "
                  f"{self.chunks_this_run} now); this run {self.seconds:.1f} s, "
                  f"{self.items_per_s:.1f} items/s once the engine was up",

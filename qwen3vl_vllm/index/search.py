@@ -24,8 +24,7 @@ from typing import Any, Sequence
 
 from qwen3vl_vllm.errors import JobError
 from qwen3vl_vllm.index.plan import Manifest
-
-MEDIA_KEYS = ("text", "image", "video")
+from qwen3vl_vllm.prompts.inputs import MEDIA_KEYS
 # the job's engine arguments an offline reranker inherits (the machine's, not the model's)
 SHARED_ENGINE_KEYS = ("enforce_eager", "gpu_memory_utilization", "max_num_seqs", "tensor_parallel_size")
 
@@ -62,9 +61,9 @@ def _engine_args(manifest: Manifest, engine: dict | None) -> dict:
 
 def embed_query(manifest: Manifest, query: dict, *, model: str | None, api_key: str | None,
                 engine: dict | None):
-    """The query's float32 vector, as the job embedded its rows."""
+    """The query's float32 vector (``query`` with its instruction), as the job embedded its rows."""
     fp = manifest.fingerprint
-    item = {**query, "instruction": query.get("instruction", fp["instruction"])}
+    item = query
     if _is_url(model):
         from qwen3vl_vllm.clients.embedding import EmbeddingClient
 
@@ -128,11 +127,9 @@ def search(index: str | Path, *, text: str | None = None, image: str | None = No
         raise JobError("the query is empty", "Give --text, --image or a query dict")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise JobError(f"k must be a whole number >= 1, got {k!r}")
-    if embed is not None:
-        fp = manifest.fingerprint
-        vector = embed({**q, "instruction": q.get("instruction", fp["instruction"])})
-    else:
-        vector = embed_query(manifest, q, model=model, api_key=api_key, engine=engine)
+    item = {**q, "instruction": q.get("instruction", manifest.fingerprint["instruction"])}
+    vector = embed(item) if embed is not None else embed_query(
+        manifest, item, model=model, api_key=api_key, engine=engine)
     n = candidates or (3 * k if (rerank or score is not None) else k)
     if manifest.store.get("kind") == "lancedb" and manifest.fingerprint["precision"] == "float32":
         from qwen3vl_vllm.index.store import lancedb_search

@@ -41,7 +41,7 @@ ITEM_KEYS = ("text", "image", "video", "instruction", "fps", "max_frames")
 MEDIA_COLUMNS = ("image", "video")
 ID_COLUMN = "id"
 CAPTION_SUFFIX = ".txt"
-SNIFF_BYTES = 64
+SNIFF_BYTES = 400  # enough for every signature below (MPEG-TS: three 188-byte packets)
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -125,25 +125,19 @@ def sniff(head: bytes) -> tuple[str, str] | None:
         return "video", "video/x-flv"
     if head.startswith(b"OggS"):
         return "video", "video/ogg"
-    if len(head) > 0 and head[0] == 0x47 and (len(head) < 189 or head[188] == 0x47):
-        return None  # MPEG-TS needs more than the sniffed head: decided in _sniff_file
+    if len(head) >= 377 and head[0] == head[188] == head[376] == 0x47:  # three TS packets
+        return "video", "video/mp2t"
     return None
 
 
 def _sniff_file(path: Path) -> tuple[str, str] | None:
     with open(path, "rb") as f:
-        head = f.read(max(SNIFF_BYTES, 189 * 2))
-    found = sniff(head)
-    if found is None and len(head) >= 377 and head[0] == head[188] == head[376] == 0x47:
-        return "video", "video/mp2t"
-    return found
+        return sniff(f.read(SNIFF_BYTES))
 
 
 def data_url(data: bytes, where: str) -> str:
     """Media bytes as a ``data:`` URL (the mime sniffed from the bytes)."""
-    found = sniff(data[: max(SNIFF_BYTES, 400)])
-    if found is None and len(data) >= 377 and data[0] == data[188] == data[376] == 0x47:
-        found = ("video", "video/mp2t")
+    found = sniff(data[:SNIFF_BYTES])
     mime = found[1] if found else "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 

@@ -78,7 +78,7 @@ def flat_search(out: Path, query, k: int, precision: str) -> list[tuple[str, flo
 
     from qwen3vl_vllm.quantize import dequantize_int8, quantize, unpack_bits
 
-    table = parts.read_columns(out, "vectors", ["id", "vector", "item"])
+    table = parts.read_columns(out, "vectors", ["row", "id", "vector"])
     if table.num_rows == 0:
         return []
     vec = table.column("vector").combine_chunks()
@@ -94,5 +94,15 @@ def flat_search(out: Path, query, k: int, precision: str) -> list[tuple[str, flo
         norms = np.linalg.norm(m, axis=1) * max(np.linalg.norm(q), 1e-12)
         scores = (m @ q) / np.maximum(norms, 1e-12)
     top = np.argsort(-scores, kind="stable")[:k]
-    ids, items = table.column("id").to_pylist(), table.column("item").to_pylist()
-    return [(ids[i], float(scores[i]), items[i]) for i in top]
+    rows = table.column("row").to_numpy()[top]
+    items = _items(out, rows)  # read for the hits only, not the whole corpus
+    ids = table.column("id").to_pylist()
+    return [(ids[i], float(scores[i]), items[int(r)]) for i, r in zip(top, rows)]
+
+
+def _items(out: Path, rows) -> dict[int, str]:
+    import pyarrow.dataset as ds
+
+    found = ds.dataset(out / "vectors", format="parquet").to_table(
+        columns=["row", "item"], filter=ds.field("row").isin([int(r) for r in rows]))
+    return dict(zip(found.column("row").to_pylist(), found.column("item").to_pylist()))

@@ -318,31 +318,32 @@ class Qwen3VLEmbedder(_Engine):
         if isinstance(inputs, Mapping):
             raise InputError("inputs", "expected a list of input dicts, got one dict",
                              "Wrap it in a list: [item]")
-        convs: list = []
-        for i, item in enumerate(inputs):
+
+        def attempt(fn, *args):  # the result, or (errors="return") the item's error
             try:
-                convs.append(embedding_conversation(item, index=i, settings=self.settings))
+                return fn(*args)
             except InputError as e:
                 if not keep:
                     raise
-                convs.append(e)
+                return e
+
+        out: list = [attempt(lambda it, i: embedding_conversation(it, index=i, settings=self.settings), item, i)
+                     for i, item in enumerate(inputs)]
         tag = self._call_tag()
-        good = [i for i, c in enumerate(convs) if not isinstance(c, InputError)]
+        good = [i for i, c in enumerate(out) if not isinstance(c, InputError)]
+        convs = {i: out[i] for i in good}
         media = dict(zip(good, self._media_all(
             [(convs[i][1]["content"], f"inputs[{i}]", f"{tag}.{i}") for i in good], keep_errors=keep)))
+        for i in good:
+            if isinstance(media[i], InputError):
+                out[i] = media[i]
         good = [i for i in good if not isinstance(media[i], InputError)]
         texts, ids = self._render([convs[i] for i in good], self.template)
-        out: list = [convs[i] if isinstance(convs[i], InputError) else media.get(i) for i in range(len(convs))]
         for i, text, tokens in zip(good, texts, ids):
             data, uuids = media[i]
-            try:
-                fitted = self._fit_length(tokens, data, f"inputs[{i}]", truncate)
-            except InputError as e:
-                if not keep:
-                    raise
-                out[i] = e
-                continue
-            out[i] = self._engine_prompt(text if fitted is tokens else None, fitted, data, uuids)
+            fitted = attempt(self._fit_length, tokens, data, f"inputs[{i}]", truncate)
+            out[i] = fitted if isinstance(fitted, InputError) else self._engine_prompt(
+                text if fitted is tokens else None, fitted, data, uuids)
         return out
 
     def _check_dimensions(self, dimensions: int | None) -> int:

@@ -158,7 +158,12 @@ def test_sniff_agrees_with_pil_on_real_files_from_packages():
     assert checked >= 20
 
 
-def test_sniff_kinds():
+def test_sniff_kinds(tmp_path):
+    from cases import resolution_change_ts, write_mp4
+
+    ts = resolution_change_ts(tmp_path / "clip.ts")  # a real MPEG-TS from PyAV's muxer
+    assert sniff(ts.read_bytes()[:400]) == ("video", "video/mp2t")
+    assert sniff(write_mp4(tmp_path / "clip.mp4").read_bytes()[:400])[0] == "video"
     assert sniff(b"\x00\x00\x00\x18ftypmp42") == ("video", "video/mp4")
     assert sniff(b"\x00\x00\x00\x18ftypheic") == ("image", "image/heic")
     assert sniff(b"\x1a\x45\xdf\xa3\x01\x00\x00\x00webm") == ("video", "video/webm")
