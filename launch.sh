@@ -4,12 +4,14 @@
 #   ./launch.sh setup          create .venv and install the right vLLM flavour (idempotent)
 #   ./launch.sh test [ARGS]    setup, then pytest (ARGS go to pytest)
 #   ./launch.sh test-long [ARGS] setup, then the long runs left out of `test` (CI's second step):
-#                              the quick benchmark with its check (marker bench) and the ray
+#                              the quick benchmark with its check, the frontend benchmark's and
+#                              the GPU probe's structure (marker bench), and the ray
 #                              backend on a local Ray cluster (marker ray)
 #   ./launch.sh demo           setup, tiny checkpoints, servers, clients, similarity matrix + rerank
 #   ./launch.sh serve FILE     setup, then `qwen3vl-vllm serve --config FILE` (extra args follow)
 #   ./launch.sh bench [--full] setup, then benchmarks/run.py (quick by default, < 5 min)
 #   ./launch.sh bench index    the index job on each backend vs process() (~15 min here)
+#   ./launch.sh bench frontend the serving path's CPU per item by process (~8 min here)
 #   ./launch.sh docs           build the docs site (mkdocs --strict, .venv-docs) and serve it on
 #                              127.0.0.1:8008 (QWEN3VL_DOCS_ADDR)
 #   ./launch.sh test-vllm 0.33 the contract check, the [gpu] resolver check and the engine-free

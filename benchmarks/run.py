@@ -1,10 +1,11 @@
 """Throughput benchmarks, measured side by side in one run (see README "Performance").
 
     python benchmarks/run.py            # quick: tiny checkpoints, < 5 min, run by CI (./launch.sh test-long)
-    python benchmarks/run.py --full     # + more workloads/levels and the 2B-shaped model in bf16
+    python benchmarks/run.py --full     # + more workloads/levels, the 2B-shaped model in bf16, frontend
     python benchmarks/run.py --check    # exit 1 unless every figure is present and positive,
                                         # parity passed and no request failed
     python benchmarks/run.py index      # the index job on each backend vs process() (index_job.py)
+    python benchmarks/run.py frontend   # the serving path's CPU per item by process (frontend.py)
 
 Writes results.json, results.md and throughput.png under --out (default
 benchmarks/results/<mode>-<date>). Every ratio compares numbers measured in this same run on
@@ -341,17 +342,26 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="the complete set (adds the 2B-shaped model)")
     parser.add_argument("--check", action="store_true", help="validate the figures; exit 1 on a problem")
     parser.add_argument("--out", help="output folder")
-    parser.add_argument("what", nargs="?", choices=["index"],
-                        help="index: the index job on each backend vs process() (index_job.py)")
+    parser.add_argument("what", nargs="?", choices=["index", "frontend"],
+                        help="index: the index job on each backend vs process() (index_job.py); "
+                             "frontend: the serving path's CPU per item by process (frontend.py)")
     parser.add_argument("--n", type=int, default=1000, help="index: items per round")
-    parser.add_argument("--rounds", type=int, default=2, help="index: rounds (new items each)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="index, frontend: rounds (new items each; default 2 and 3)")
+    parser.add_argument("--kinds", nargs="+", help="frontend: input kinds (default: all)")
     args = parser.parse_args(argv)
     if args.what == "index":
         import index_job
 
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return index_job.main(Path(args.out) if args.out else HERE / "results" / f"index-{stamp}",
-                              args.n, args.rounds)
+                              args.n, args.rounds or 2)
+    if args.what == "frontend":
+        import frontend
+
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return frontend.main(Path(args.out) if args.out else HERE / "results" / f"frontend-{stamp}",
+                             args.rounds or 3, args.kinds)
 
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
     from qwen3vl_vllm.ops.launcher import ServerProcess
@@ -455,6 +465,11 @@ def main(argv=None) -> int:
                 row["served_text_mfu"] = row["text_prompt_tokens_per_s"] * gflop / res["mfu"]["peak_gflops"]
             res["cpu_serving"].append(row)
             print(f"[bench] 2B-shaped {kind} server: {json.dumps(row)} ({time.monotonic() - t0:.0f}s)", flush=True)
+    if args.full:  # the serving path's CPU per item by process (frontend.py), its own files
+        import frontend
+
+        frontend.main(out / "frontend", rounds=3)
+        res["frontend"] = str((out / "frontend" / "frontend.json").relative_to(out))
     res["seconds"] = time.monotonic() - t0
     report.write(res, out)
     print(report.markdown(res))
