@@ -80,7 +80,8 @@ class BatchingConfig:
 class ParallelConfig:
     data_parallel_size: int = 1
     tensor_parallel_size: int = 1
-    api_server_count: int = 1
+    # None: vLLM's one on CPU, the plugin's choice from the cores on GPU (settings.gpu_api_server_count)
+    api_server_count: int | None = None
 
 
 @dataclass(frozen=True)

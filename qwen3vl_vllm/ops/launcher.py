@@ -148,8 +148,9 @@ def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
             "--max-num-batched-tokens", str(d["max_num_batched_tokens"]),
             "--max-num-seqs", str(cfg.batching.max_num_seqs),
             "--data-parallel-size", str(cfg.parallel.data_parallel_size),
-            "--tensor-parallel-size", str(cfg.parallel.tensor_parallel_size),
-            "--api-server-count", str(cfg.parallel.api_server_count)]
+            "--tensor-parallel-size", str(cfg.parallel.tensor_parallel_size)]
+    if cfg.parallel.api_server_count is not None:  # else vLLM's (CPU) or the plugin's (GPU) choice
+        args += ["--api-server-count", str(cfg.parallel.api_server_count)]
     if not plugin:  # with the plugin, it sets the template itself (no file: the text)
         args += ["--chat-template", chat_template_text(kind)]
     if cfg.served_model_name:

@@ -53,6 +53,18 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol(("vllm.config",), "PoolerConfig", ("seq_pooling_type", "use_activation"),
            "last-token pooling with L2 / sigmoid (constructed)", where="all"),
     Symbol(("vllm.platforms",), "current_platform.is_cpu", (), "CPU start-up defaults (called)", where="all"),
+    Symbol(("vllm.distributed.device_communicators.shm_broadcast",), "SpinCondition.__init__",
+           ("is_reader", "context", "notify_address", "busy_loop_s"),
+           "CPU: the executor's step queue readers nap instead of spinning (wrapped, shm_spin; "
+           "speed only; reads .is_reader, .last_read, .busy_loop_s)", optional=True, where="all"),
+    Symbol(("vllm.distributed.device_communicators.shm_broadcast",), "SpinCondition.wait", ("timeout_ms",),
+           "CPU: the readers' wait (wrapped, shm_spin; speed only)", optional=True, where="all"),
+    Symbol(("vllm.distributed.device_communicators.shm_broadcast",), "sched_yield", (),
+           "CPU: the readers' spin (called, shm_spin)", optional=True, where="all"),
+    Symbol(("vllm.model_executor.layers.fusion.mm_input_norm",), "FusedMMInputNorm.forward_cpu",
+           ("pixel_values", "visual_dtype"),
+           "CPU: bit-identical, faster pixel normalisation (replaced, cpu_input_norm; reads .weight, "
+           ".bias, .channel, ._unpack_2d, ._patch_size, .forward_native)", optional=True, where="all"),
     # the server's hooks: templates, middleware, keep-alive, connector
     Symbol(("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.common.cli_args"),
            "validate_parsed_serve_args", ("args",), "serve defaults on `vllm serve` (wrapped)"),

@@ -41,8 +41,9 @@ from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, max_body_bytes
 from qwen3vl_vllm.prompts.engine import (CPU_DEFAULTS_ENV, CPU_ENGINE_DEFAULTS, GIB,
                                          RESERVED_CPU_ENV, cpu_reserved_cores, chat_template_text,
                                          cpu_kv_cache_bytes, effective_engine_kwargs)
-from qwen3vl_vllm.serving.settings import (KEEP_ALIVE_ENV, KEEP_ALIVE_S, MEDIA_CONNECTOR,
-                                           MEDIA_CONNECTOR_ENV, MIDDLEWARES)
+from qwen3vl_vllm.serving.settings import (API_SERVER_THREADS, API_SERVER_THREADS_ENV, KEEP_ALIVE_ENV,
+                                           KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES,
+                                           gpu_api_server_count)
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
 
@@ -58,6 +59,8 @@ PIECES = {
     "input-string templating": (("embedding",), "server"),
     "reranker truncation": (("reranker",), "server"),
     "video fitting": (("embedding", "reranker"), "all"),
+    "shm busy loop": ((), "all"),  # CPU cost only: results never depend on it, nothing refuses
+    "CPU pixel normalisation": ((), "all"),  # bit-identical to vLLM's own: nothing refuses
 }
 # EngineArgs values that mean "not set by the user" (then the package's default applies)
 _UNSET = {"runner": ("auto",), "convert": ("auto",), "pooler_config": (None,),
@@ -122,6 +125,58 @@ def apply_serve_defaults(args: Any) -> str | None:
         logger.info("qwen3vl-vllm: HTTP keep-alive %d s (outlives client pools; set %s to change)",
                     KEEP_ALIVE_S, KEEP_ALIVE_ENV)
     return kind
+
+
+# flags under which vLLM picks the API server count itself (data parallel load balancing), or
+# that allow one API server only
+_OWN_API_SERVER_RULE = ("headless", "data_parallel_external_lb", "data_parallel_hybrid_lb",
+                        "data_parallel_multi_port_external_lb", "enable_elastic_ep")
+
+
+def apply_api_server_default(args: Any) -> int | None:
+    """On a GPU, ``settings.gpu_api_server_count`` API server processes when the user gave no
+    ``--api-server-count`` (and vLLM's data-parallel rules do not decide it), logged. The user's
+    value always wins; CPU servers keep vLLM's one (their cores run the model). Returns the
+    count set, or None."""
+    if getattr(args, "api_server_count", 0) is not None or _on_cpu():
+        return None
+    if any(getattr(args, flag, None) for flag in _OWN_API_SERVER_RULE):
+        return None
+    if os.environ.get("VLLM_USE_RUST_FRONTEND", "0") not in ("", "0") or \
+            os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").lower() in ("1", "true"):
+        return None  # one API server only, by vLLM's own rules
+    if (getattr(args, "data_parallel_size", 1) or 1) > 1 or getattr(args, "data_parallel_rank", None) is not None \
+            or getattr(args, "data_parallel_start_rank", None) is not None:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = gpu_api_server_count(cores)
+    if count > 1:
+        args.api_server_count = count
+        logger.info("qwen3vl-vllm: --api-server-count %d (%d usable cores; one API server prepares "
+                    "requests on about one core; pass --api-server-count to choose)", count, cores)
+        return count
+    return None
+
+
+def apply_api_server_threads(environ: Any = None) -> int | None:
+    """torch's intra-op threads in this API server process: ``settings.API_SERVER_THREADS``
+    unless ``QWEN3VL_API_SERVER_THREADS`` says otherwise (0: torch's own). Returns the count
+    set, or None."""
+    raw = (environ if environ is not None else os.environ).get(API_SERVER_THREADS_ENV)
+    try:
+        count = API_SERVER_THREADS if raw in (None, "") else int(raw)
+    except ValueError:
+        raise ValueError(f"{API_SERVER_THREADS_ENV}={raw!r} is not a whole number; use e.g. "
+                         f"{API_SERVER_THREADS_ENV}=1, or 0 for torch's own thread count") from None
+    if count <= 0:
+        return None
+    import torch
+
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+        logger.info("qwen3vl-vllm: %d torch thread(s) in this API server process (media and the HF "
+                    "processor; set %s to change, 0 for torch's own)", count, API_SERVER_THREADS_ENV)
+    return count
 
 
 def _log_server_policy(args: Any) -> None:
@@ -204,6 +259,13 @@ def apply_cpu_defaults(args: Any) -> list[str]:
         if getattr(args, key, None) != value:
             setattr(args, key, value)
             changed.append(key)
+    from qwen3vl_vllm.serving import shm_spin
+
+    if shm_spin.ENV not in os.environ:  # read by the engine processes started after this
+        os.environ[shm_spin.ENV] = shm_spin.CPU_DEFAULT
+        changed.append(f"{shm_spin.ENV}={shm_spin.CPU_DEFAULT} (seconds a step queue reader busy-loops)")
+    else:
+        shm_spin.busy_loop_s()  # a bad value is refused here, by name, before any engine starts
     if RESERVED_CPU_ENV not in os.environ:  # read by the engine processes started after this
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         reserved = cpu_reserved_cores(cores)
@@ -284,7 +346,10 @@ def _patch_serve_validation() -> bool:
             continue
 
         def validate(args, _original=original):
-            apply_serve_defaults(args)
+            if apply_serve_defaults(args) is not None:
+                # here only, before `vllm serve` picks its API servers: build_app runs after,
+                # where vLLM has turned an explicit --api-server-count 1 back into None
+                apply_api_server_default(args)
             return _original(args)
 
         validate._qwen3vl_vllm = True
@@ -311,7 +376,12 @@ def _patch_build_app() -> bool:
         return True
 
     def build_app(args, *a, **kw):
-        apply_serve_defaults(args)  # idempotent: the validation hook may have run already
+        # idempotent: the validation hook may have run already
+        several = (getattr(args, "api_server_count", 1) or 1) > 1
+        if apply_serve_defaults(args) is not None and (_on_cpu() or several):
+            # this process serves requests (each API server does this): one torch thread where
+            # the processes share the cores (CPU) or are many (measured on CPU only)
+            apply_api_server_threads()
         return original(args, *a, **kw)
 
     build_app._qwen3vl_vllm = True
@@ -419,6 +489,18 @@ def _patch_score_truncation():
     return score_truncation.patch() or True
 
 
+def _patch_shm_spin():
+    from qwen3vl_vllm.serving import shm_spin
+
+    return shm_spin.patch() or True
+
+
+def _patch_cpu_input_norm():
+    from qwen3vl_vllm.serving import cpu_input_norm
+
+    return cpu_input_norm.patch() or True
+
+
 def _patch_video_fit():
     from qwen3vl_vllm.serving import video_fit_hook
 
@@ -447,6 +529,8 @@ def register() -> None:
     _install("input-string templating", _patch_embed_inputs)
     _install("reranker truncation", _patch_score_truncation)
     _install("video fitting", _patch_video_fit)
+    _install("shm busy loop", _patch_shm_spin)
+    _install("CPU pixel normalisation", _patch_cpu_input_norm)
     if not _STATE["tested"]:
         logger.warning("qwen3vl-vllm: vLLM %s is not a tested version (%s): installed; a detected "
                        "checkpoint starts only if every vLLM symbol the plugin needs is there",

@@ -43,3 +43,33 @@ def __getattr__(name: str):
         return getattr(engine, name)
     except AttributeError:
         raise AttributeError(f"module 'qwen3vl_vllm.serving.settings' has no attribute {name!r}") from None
+
+
+# API server processes on a GPU box when the user names none (``--api-server-count``). One API
+# server process prepares requests on about one core: template, decode, resize, HF processor,
+# hashing (benchmarks/frontend.py, account.py). A GPU embeds more items per second than one core
+# prepares (docs/serving-cost.md "The GPU, on paper", 2B on an H100 at 40 % MFU: 1-3 API servers
+# for texts, photos and screenshots, 7-8 for rerank sets, videos and frame lists). So: one per two usable
+# cores beyond the two kept for the engine core and the OS, at most GPU_API_SERVERS_MAX (8, the
+# table's largest need rounded up; each API server holds its own tokenizer and processor).
+GPU_API_SERVERS_MAX = 8
+GPU_CORES_KEPT = 2
+
+
+def gpu_api_server_count(usable_cores: int) -> int:
+    """API servers for a GPU server with ``usable_cores`` cores and no ``--api-server-count``.
+
+    >>> [gpu_api_server_count(n) for n in (1, 4, 8, 16, 64)]
+    [1, 1, 3, 7, 8]
+    """
+    return max(1, min(GPU_API_SERVERS_MAX, (usable_cores - GPU_CORES_KEPT) // 2))
+
+
+# torch's intra-op threads in each API server process (media resizing, the HF processor). The
+# API server's requests run in parallel across requests and API server processes; a pool per
+# process spins between its parallel regions on the cores the model needs. Measured with
+# benchmarks/account.py (2 cores, c = 8, 10-frame lists): API server CPU 223 -> 110 ms per clip,
+# 5.0 -> 7.2 clips/s; 512x512 photos unchanged (10.2 -> 10.3 ms, 34.6 -> 36.9/s).
+# QWEN3VL_API_SERVER_THREADS=N sets another count; 0 keeps torch's own (one per core).
+API_SERVER_THREADS_ENV = "QWEN3VL_API_SERVER_THREADS"
+API_SERVER_THREADS = 1

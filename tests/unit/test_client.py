@@ -141,6 +141,32 @@ def test_frame_list_travels_as_original_frames():
         assert got.tobytes() == orig.convert("RGB").tobytes()
 
 
+def test_frame_files_travel_as_their_own_bytes(tmp_path):
+    """JPEG and PNG frame files are sent as they are (the server decodes them with the same RGB
+    rule); other formats as a PNG of the reference's RGB conversion; a corrupt frame is named."""
+    import base64 as b64
+    import io
+
+    from PIL import Image
+
+    paths = []
+    for k, fmt in enumerate(("JPEG", "PNG", "BMP")):
+        p = tmp_path / f"f{k}.{fmt.lower()}"
+        Image.new("RGB", (40, 30), (10 * k, 200, 30)).save(p, format=fmt)
+        paths.append(p)
+    seen = []
+    c = EmbeddingClient(base_url="http://fake/v1", model="m", http_client=fake_server(seen))
+    c.embed([{"video": [str(p) for p in paths]}])
+    url = seen[0]["messages"][-1]["content"][0]["video_url"]["url"]
+    payloads = [b64.b64decode(x) for x in url.split(",", 1)[1].split(",")]
+    assert payloads[0] == paths[0].read_bytes() and payloads[1] == paths[1].read_bytes()
+    bmp = Image.open(io.BytesIO(payloads[2]))
+    assert bmp.format == "PNG" and bmp.tobytes() == Image.open(paths[2]).convert("RGB").tobytes()
+    (tmp_path / "bad.jpg").write_bytes(paths[0].read_bytes()[:40])
+    with pytest.raises(errors.MediaError, match=r"^inputs\[0\]\.video\[0\]\.frames\[1\]"):
+        c.embed([{"video": [str(paths[0]), str(tmp_path / "bad.jpg")]}])
+
+
 def test_corrupt_video_file_named_before_sending(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")

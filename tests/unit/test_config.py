@@ -82,7 +82,10 @@ def test_dry_run_flags(config):
     assert flags["--port"] == [str(cfg["server"]["port"])]
     assert flags["--data-parallel-size"] == [str(cfg["parallel"]["data_parallel_size"])]
     assert flags["--tensor-parallel-size"] == [str(cfg["parallel"]["tensor_parallel_size"])]
-    assert flags["--api-server-count"] == [str(cfg["parallel"]["api_server_count"])]
+    if "api_server_count" in cfg["parallel"]:
+        assert flags["--api-server-count"] == [str(cfg["parallel"]["api_server_count"])]
+    else:  # unset: vLLM's one on CPU, the plugin's choice on GPU
+        assert "--api-server-count" not in flags
     assert flags["--max-model-len"] == [str(cfg["max_model_len"])]
     assert "--allowed-local-media-path" not in flags  # no local files by default
     assert flags["--allowed-media-domains"] == ["remote-fetch-is-off.invalid"]  # remote fetch off

@@ -250,7 +250,8 @@ def test_envfix_refreshes_a_stale_alias(tmp_path, monkeypatch):
 @pytest.fixture
 def cpu(monkeypatch):
     monkeypatch.setattr(plugin, "_on_cpu", lambda: True)
-    for name in (settings.CPU_DEFAULTS_ENV, settings.RESERVED_CPU_ENV, "VLLM_CPU_KVCACHE_SPACE"):
+    for name in (settings.CPU_DEFAULTS_ENV, settings.RESERVED_CPU_ENV, "VLLM_CPU_KVCACHE_SPACE",
+                 "QWEN3VL_SHM_BUSY_LOOP_S"):
         monkeypatch.setenv(name, "x")  # recorded first, so whatever the plugin writes is undone
         monkeypatch.delenv(name)
     return monkeypatch
@@ -262,7 +263,9 @@ def test_cpu_defaults_skip_the_warm_up_pass(cpu):
     changed = plugin.apply_cpu_defaults(args)
     assert args.enforce_eager is True and args.skip_mm_profiling is True
     assert os.environ[settings.RESERVED_CPU_ENV] == "0"  # a 2-core box: no idle front-end core
-    assert changed == ["enforce_eager", "skip_mm_profiling", "VLLM_CPU_NUM_OF_RESERVED_CPU=0 (2 cores)"]
+    assert changed == ["enforce_eager", "skip_mm_profiling",
+                       "QWEN3VL_SHM_BUSY_LOOP_S=0.002 (seconds a step queue reader busy-loops)",
+                       "VLLM_CPU_NUM_OF_RESERVED_CPU=0 (2 cores)"]
 
 
 def test_cpu_defaults_leave_big_boxes_and_user_choices(cpu):
