@@ -63,12 +63,19 @@ STEPS = [
 ]
 
 
-def step_of(stack: list[str]) -> str:
+def classify(stack: list[str], table, default: str) -> str:
+    """The name of the first ``(name, substrings)`` of ``table`` that the innermost matching
+    frame of ``stack`` (root first) contains; ``default`` when none does. Shared with
+    ``profile_offline.py``."""
     for frame in reversed(stack):
-        for name, keys in STEPS:
+        for name, keys in table:
             if any(k in frame for k in keys):
                 return name
-    return "other Python"
+    return default
+
+
+def step_of(stack: list[str]) -> str:
+    return classify(stack, STEPS, "other Python")
 
 
 def process_role(data: dict) -> str:

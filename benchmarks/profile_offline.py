@@ -49,11 +49,9 @@ STAGES = [
 
 
 def _stage(stack: list[str]) -> str:
-    for frame in reversed(stack):
-        for name, keys in STAGES:
-            if any(k in frame for k in keys):
-                return name
-    return "other"
+    from account import classify
+
+    return classify(stack, STAGES, "other")
 
 
 def summarize(raw: Path) -> dict:
