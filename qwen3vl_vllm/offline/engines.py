@@ -103,13 +103,24 @@ class _Engine:
 
         self.video_fit = fitting.mode(video_fit)  # checked before the engine starts
         exitguard.install()
+        saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
         for key, value in OFFLINE_ENV.items():  # read when the engine starts, below
             os.environ.setdefault(key, value)
         self.settings = settings
         self.policy = policy
         self.model_name_or_path = model_name_or_path
-        self.llm = LLM(model=model_name_or_path,
-                       **_engine_kwargs(self.kind, dict(engine_kwargs), settings))
+        try:
+            self.llm = LLM(model=model_name_or_path,
+                           **_engine_kwargs(self.kind, dict(engine_kwargs), settings))
+        finally:
+            # vLLM reads them while the engine starts only. Left set, they would reach every
+            # process this one starts later: a `vllm serve` child would run without its worker
+            # process (seen in benchmarks/frontend.py's rerank rows)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         _quiet_in_process_engine()
         self.tokenizer = self.llm.get_tokenizer()
         self.template = chat_template_text(self.kind)

@@ -164,3 +164,45 @@ def test_prompts_can_return_each_bad_items_error_in_its_place(embedding_ckpt, tm
         m.prompts(items)
     with pytest.raises(ValueError, match="errors must be 'raise' or 'return'"):
         m.prompts(items, errors="skip")
+
+
+@pytest.mark.parametrize("cls", [Qwen3VLEmbedder, Qwen3VLReranker])
+def test_engine_start_leaves_the_process_environment_as_it_was(cls, monkeypatch):
+    """The in-process engine's variables are set while it starts, then put back: a server
+    started later from this process keeps vLLM's own executor (frontend's rerank rows ran
+    without a worker when they leaked)."""
+    import os
+
+    import vllm
+
+    from qwen3vl_vllm.offline import engines
+
+    seen = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            seen.append({k: os.environ.get(k) for k in engines.OFFLINE_ENV})
+
+        def get_tokenizer(self):
+            return SimpleNamespace(special_tokens_map={})
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    for key in engines.OFFLINE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    cls("/nonexistent/Qwen3-VL-tiny")
+    assert seen == [dict(engines.OFFLINE_ENV)]  # set while the engine starts
+    assert all(key not in os.environ for key in engines.OFFLINE_ENV)  # then gone again
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own value stays
+    cls("/nonexistent/Qwen3-VL-tiny")
+    assert seen[-1]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+    class FailingLLM(FakeLLM):
+        def __init__(self, **kwargs):
+            raise RuntimeError("no engine")
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    monkeypatch.setattr(vllm, "LLM", FailingLLM)
+    with pytest.raises(RuntimeError, match="no engine"):
+        cls("/nonexistent/Qwen3-VL-tiny")
+    assert all(key not in os.environ for key in engines.OFFLINE_ENV)
