@@ -82,7 +82,8 @@ def test_ray_actor_killed_then_driver_killed_then_resumed(corpus, embedding_ckpt
         victim.kill()
         at_kill = _done(out)
         _wait(lambda: _done(out) >= at_kill + 2, "two more chunks after the actor was killed", proc)
-        assert not victim.is_running()
+        # dead: gone, or a zombie its parent (Ray's raylet) has not reaped yet (seen in CI)
+        assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
