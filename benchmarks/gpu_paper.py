@@ -65,7 +65,7 @@ def vision_flops(shape: dict, patches: float, frames_per_patch: int = TEMPORAL) 
     return embed + depth * block + merger
 
 
-def item_flops(shape: dict, kind: str, prompt_tokens: float, template_tokens: float, per_request: int) -> float:
+def item_flops(shape: dict, kind: str, prompt_tokens: float, template_tokens: float) -> float:
     if kind.startswith("text") or kind.startswith("rerank"):
         return lm_flops(shape, prompt_tokens)
     visual = max(prompt_tokens - template_tokens, 0.0)
@@ -88,7 +88,7 @@ def table(frontend: dict, mfu: float = MFU) -> list[dict]:
         row = {"kind": kind, "prompt_tokens": tokens, "api_server_ms": api_ms, "prepared_per_core": 1000 / api_ms,
                "engine_core_ms": plug["by_process"].get("engine_core", {}).get("median", 0.0)}
         for size, shape in SHAPES.items():
-            flops = item_flops(shape, kind, tokens, template, k.get("per_request", 1))
+            flops = item_flops(shape, kind, tokens, template)
             row[f"{size}_tflop"] = flops / 1e12
             for gpu, peak in GPUS.items():
                 rate = peak * mfu / flops

@@ -68,7 +68,7 @@ def probe(model: str, *, kinds: list[str], counts: list[int | None], concurrency
     template = photo["prompt_tokens_per_item"] - gpu_paper.IMAGE_TOKENS["photo-512"] if photo else 30.0
     for run in res["runs"]:
         for kind, got in run["kinds"].items():
-            flops = gpu_paper.item_flops(shape, kind, got["prompt_tokens_per_item"], template, 1)
+            flops = gpu_paper.item_flops(shape, kind, got["prompt_tokens_per_item"], template)
             got["tflop_per_item"] = flops / 1e12
             got["achieved_tflops"] = got["items_per_s"] * flops / 1e12
             got["predicted_items_per_s_at_40pct_mfu"] = gpu_paper.GPUS["H100"] * gpu_paper.MFU / flops
