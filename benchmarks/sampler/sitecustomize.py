@@ -84,7 +84,10 @@ def _start() -> None:
                 continue
             idents = {t.native_id: t.ident for t in threading.enumerate() if t.native_id}
             idents[starter[0]] = starter[1]
-            frames = sys._current_frames()
+            # walked at once, before this thread lets go of the GIL (the reads below do): a frame
+            # whose caller moves on loses its f_back (a generator under ``sum`` then looks like
+            # a root), so a stack read later is cut short
+            frames = {ident: stack(frame) for ident, frame in sys._current_frames().items()}
             try:
                 tids = [int(t) for t in os.listdir("/proc/self/task")]
             except OSError:
@@ -100,8 +103,7 @@ def _start() -> None:
                 if tid == me["tid"]:
                     key = ("<sampler>",)
                 else:
-                    frame = frames.get(idents.get(tid))
-                    key = stack(frame) if frame is not None else (f"<native thread {comm(tid)}>",)
+                    key = frames.get(idents.get(tid)) or (f"<native thread {comm(tid)}>",)
                 stacks[key] = stacks.get(key, 0) + (ns - prev)
             time.sleep(every)
 

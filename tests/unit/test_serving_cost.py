@@ -236,9 +236,9 @@ def test_sampler_charges_cpu_to_the_stack_that_spent_it(tmp_path):
         label = {str(tmp_path / "samples" / "label")!r}
 
         def burn(seconds):
-            t = time.process_time()
+            t = time.thread_time()  # this thread's CPU only: the sampler's own does not shorten it
             x = 0
-            while time.process_time() - t < seconds:
+            while time.thread_time() - t < seconds:
                 x += sum(i * i for i in range(2000))
             return x
 
@@ -249,11 +249,11 @@ def test_sampler_charges_cpu_to_the_stack_that_spent_it(tmp_path):
         time.sleep(0.2)
         pid = os.fork()
         if pid == 0:
-            burn_child(0.8)
+            burn_child(1.5)
             open(label + ".child", "w").write("done")
             time.sleep(0.3)  # the label is cleared by the parent; this process writes its file
             os._exit(0)
-        burn(0.8)
+        burn(1.5)
         while not os.path.exists(label + ".child"):
             time.sleep(0.02)
         open(label, "w").write("")
@@ -271,10 +271,13 @@ def test_sampler_charges_cpu_to_the_stack_that_spent_it(tmp_path):
         data = json.loads(f.read_text())
         total = sum(ns for stack, ns in data["stacks"] if stack != ["<sampler>"])  # its own reads aside
         mine = sum(ns for stack, ns in data["stacks"] if any(":burn" in frame for frame in stack))
-        assert total > 0.4e9, (f, total)  # ~0.8 s of CPU was spent in each
-        # the rest is start-up, the fork and the waits (with the sampler's reads counted and
-        # 0.4 s of work, a loaded CI run gave 0.79): the named function must hold most of it
-        assert mine / total > 0.7, (f, mine / total)
+        assert total > 1.0e9, (f, total)  # 1.5 s of CPU was spent in each
+        # the rest is start-up, the fork and the waits: the named function must hold most of it
+        # (a sampler that walked a frame's callers after letting go of the GIL charged up to 77 %
+        # of the burn to a bare ``<genexpr>``, its f_back gone: seen in CI, fixed in the sampler)
+        others = sorted(((ns, stack[-2:]) for stack, ns in data["stacks"]
+                         if stack != ["<sampler>"] and not any(":burn" in fr for fr in stack)), reverse=True)
+        assert mine / total > 0.7, (f, mine / total, others[:4])
     child = [json.loads(f.read_text()) for f in files if json.loads(f.read_text())["ppid"] != os.getpid()]
     assert any(any(":burn_child" in fr for st, _ in d["stacks"] for fr in st) for d in child)
 
