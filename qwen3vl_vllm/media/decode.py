@@ -362,9 +362,10 @@ def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: i
     frames are converted and kept while the stream is decoded: an hour-long upload costs decode
     time (bounded by ``budget``), not memory.
 
-    Without ``total_pixels`` the kept frames stay as decoded (uint8); with it, each is resized
-    to the reference's clip size as soon as it is decoded (``clip_size``; float32, or uint8 when
-    already at that size), so no full-size copy of the clip is ever held.
+    Without ``total_pixels`` the kept frames stay as decoded; with it, each is resized to the
+    reference's clip size as soon as it is decoded (``clip_size``), so no full-size copy of the
+    clip is ever held. Either way the clip is uint8 holding the reference's values (its resize
+    rounds to uint8 before its ``.float()``).
 
     Returns ``(frames, metadata, sample_fps)``: a torch tensor (T, C, H, W), the metadata dict
     (fps, frames_indices, total_num_frames, video_backend) and the sampling fps.
@@ -408,9 +409,9 @@ def read_video_file(src: Any, where: str = "video", *, fps: float, max_frames: i
 
 
 class _FrameResizer:
-    """HWC uint8 frames -> rows of one (T, C, h, w) clip at the reference's size (``clip_size``),
-    written in place as they are decoded: float32, or uint8 when the frames are already at that
-    size (the same values). No full-size copy of the clip, and no second copy at the end."""
+    """HWC uint8 frames -> rows of one uint8 (T, C, h, w) clip at the reference's size
+    (``clip_size``), written in place as they are decoded. No full-size copy of the clip, and no
+    second copy at the end."""
 
     def __init__(self, nframes: int, where: str, budget: DecodeBudget | None, **bounds):
         self.nframes, self.where, self.budget, self.bounds = nframes, where, budget, bounds
@@ -425,15 +426,15 @@ class _FrameResizer:
         same = (h, w) == (height, width)
         if self.out is None:
             if self.budget is not None:
-                self.budget.hold(self.nframes * h * w * 3 * (1 if same else 4), self.where)
+                self.budget.hold(self.nframes * h * w * 3, self.where)
             # stored THWC (what vLLM takes), seen as TCHW: handing it to vLLM copies nothing
-            store = torch.empty((self.nframes, h, w, 3), dtype=torch.uint8 if same else torch.float32)
+            store = torch.empty((self.nframes, h, w, 3), dtype=torch.uint8)
             self.out = store.permute(0, 3, 1, 2)
         row = self.rows
         if same:
             self.out[row] = torch.from_numpy(array).permute(2, 0, 1)
         else:
-            self.out[row] = _bicubic_hwc(array, h, w, budget=self.budget, where=self.where)
+            _bicubic_hwc(array, h, w, out=self.out[row], budget=self.budget, where=self.where)
         self.rows += 1
         return row
 
@@ -464,16 +465,18 @@ def _bicubic(clip, h: int, w: int):
     return out.clamp_(0, 255).round_()
 
 
-def _bicubic_hwc(array, h: int, w: int, *, budget: DecodeBudget | None = None,
+def _bicubic_hwc(array, h: int, w: int, *, out=None, budget: DecodeBudget | None = None,
                  where: str = "video"):
-    """``_bicubic`` of one HxWx3 uint8 frame -> (3, h, w) float32, one colour plane at a time:
-    each plane is interpolated on its own in either case, so the numbers are the same
-    (unit-tested), and only one plane is ever held as float (an 8000x8000 frame: 256 MB, not
-    768 MB)."""
+    """``_bicubic`` of one HxWx3 uint8 frame -> (3, h, w) uint8 (into ``out`` when given), one
+    colour plane at a time: each plane is interpolated on its own in either case, so the numbers
+    are the same (unit-tested), and only one plane is ever held as float (an 8000x8000 frame:
+    256 MB, not 768 MB). The rounded values are integers in 0..255, so uint8 holds them exactly,
+    in a quarter of the bytes the engine is sent."""
     import numpy as np
     import torch
 
-    out = torch.empty((3, h, w), dtype=torch.float32)
+    if out is None:
+        out = torch.empty((3, h, w), dtype=torch.uint8)
     height, width = array.shape[:2]
     for c in range(3):
         if budget is not None:
@@ -514,7 +517,8 @@ def frame_list_clip(frames: list, where: str = "video", *, total_pixels: float, 
                     min_pixels: float | None = None, max_pixels: float | None = None,
                     budget: DecodeBudget | None = None, policy: MediaPolicy = DEFAULT_POLICY,
                     numbers: list[int] | None = None):
-    """A frame list -> ``(float32 tensor (T, C, H, W), metadata)`` as qwen-vl-utils prepares it:
+    """A frame list -> ``(uint8 tensor (T, C, H, W), metadata)`` as qwen-vl-utils prepares it
+    (its float32 clip is this one's ``.float()``):
     each frame loaded and resized as an image (factor 64), the list padded to an even count by
     repeating the last frame, the clip resized to the ``total_pixels`` budget.
 
@@ -545,9 +549,9 @@ def frame_list_clip(frames: list, where: str = "video", *, total_pixels: float, 
             target = clip_size(n, image.height, image.width, total_pixels=total_pixels,
                                min_pixels=min_pixels, max_pixels=max_pixels, where=where)
             if budget is not None:
-                budget.hold(n * target[0] * target[1] * 3 * 4, where)  # the final clip
+                budget.hold(n * target[0] * target[1] * 3, where)  # the final clip
             # stored THWC (what vLLM takes), seen as TCHW: handing it to vLLM copies nothing
-            out = torch.empty((n, *target, 3), dtype=torch.float32).permute(0, 3, 1, 2)
+            out = torch.empty((n, *target, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
         elif image.size != size:
             raise MediaError(where, f"frames have different sizes after resizing ({size} and "
                              f"{image.size} at frame {k})", "Give frames of one size")
@@ -557,7 +561,7 @@ def frame_list_clip(frames: list, where: str = "video", *, total_pixels: float, 
         if budget is not None:
             budget.credit(image_bytes(image.mode, *image.size))
         del image  # only the HxWx3 array is left
-        out[k] = _bicubic_hwc(array, *target, budget=budget, where=w)
+        _bicubic_hwc(array, *target, out=out[k], budget=budget, where=w)
         if budget is not None:
             budget.credit(array.nbytes)
         del array
@@ -566,8 +570,12 @@ def frame_list_clip(frames: list, where: str = "video", *, total_pixels: float, 
 
 
 def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_POLICY, *,
-                budget: DecodeBudget | None = None):
-    """A video content part -> ``(float32 tensor (T, C, H, W), metadata)`` as the reference sees it."""
+                budget: DecodeBudget | None = None, uint8: bool = False):
+    """A video content part -> ``(float32 tensor (T, C, H, W), metadata)`` as the reference sees it.
+
+    With ``uint8`` the clip comes as the uint8 tensor whose ``.float()`` that is (the reference
+    rounds every resized frame to uint8): a quarter of the bytes for vLLM to process and ship.
+    Frames the caller decoded itself: uint8 ones stay uint8, others become float32."""
     import numpy as np
     import torch
 
@@ -575,17 +583,16 @@ def fetch_video(part: dict, where: str = "video", policy: MediaPolicy = DEFAULT_
     if isinstance(video, tuple) and len(video) == 2 and isinstance(video[1], dict):
         frames, metadata = video  # already decoded and sampled by the caller
         clip = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)
-        return clip.float(), dict(metadata)
+        return (clip if uint8 and clip.dtype == torch.uint8 else clip.float()), dict(metadata)
     bounds = {"total_pixels": part.get("total_pixels", DEFAULT_TOTAL_PIXELS),
               "min_pixels": part.get("min_pixels"), "max_pixels": part.get("max_pixels")}
     if isinstance(video, (str, os.PathLike)):
         clip, metadata, _ = read_video_file(video, where, fps=part.get("fps", DEFAULT_SETTINGS.fps),
                                             max_frames=part.get("max_frames"), policy=policy,
                                             budget=budget, **bounds)
-        return clip.float(), metadata
-    if hasattr(video, "ndim"):
-        video = list(video)
-    return frame_list_clip(list(video), where, policy=policy, budget=budget, **bounds)
+    else:
+        clip, metadata = frame_list_clip(list(video), where, policy=policy, budget=budget, **bounds)
+    return (clip if uint8 else clip.float()), metadata
 
 
 def vllm_video_metadata(meta: dict) -> dict:

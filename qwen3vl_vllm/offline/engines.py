@@ -143,7 +143,7 @@ class _Engine:
                 data["image"].append(fetch_image(part, f"{where}.image[{n}]", self.policy))
             elif part["type"] == "video":
                 n = len(data.setdefault("video", []))
-                clip, meta = fetch_video(part, f"{where}.video[{n}]", self.policy)
+                clip, meta = fetch_video(part, f"{where}.video[{n}]", self.policy, uint8=True)
                 data["video"].append((clip.permute(0, 2, 3, 1).contiguous().numpy(), vllm_video_metadata(meta)))
         return data, {k: [f"{tag}.{k}{i}" for i in range(len(v))] for k, v in data.items()}
 

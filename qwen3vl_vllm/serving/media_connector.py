@@ -189,7 +189,7 @@ class ReferenceImageIO(_Budgeted):
 
 def frame_list_video(payloads: list[str], *, max_frames: int, total_pixels: float,
                      budget=None, where: str = "video"):
-    """Base64 frames -> (float32 THWC frames, metadata) as the reference prepares a frame list.
+    """Base64 frames -> (uint8 THWC frames, metadata) as the reference prepares a frame list.
     Sampled first, as upstream does: frames it would not keep are never decoded, and the kept
     ones are decoded one at a time (``media.frame_list_clip``)."""
     keep = sample_frame_list(list(range(len(payloads))), max_frames)

@@ -28,10 +28,10 @@ NAME = "qwen3vl"
 def load_video_file(data: bytes, *, fps: float, max_frames: int, budget=None, where: str = "video"):
     """Video file bytes -> (THWC frames, metadata) as the reference prepares them.
 
-    Resized frames stay float32, not rounded to uint8: the reference hands the processor the
-    float output of its clip resize, and rounding would move the vector. Frames already at their
-    final size stay uint8 (the same values, a quarter of the memory). Each frame is resized as
-    it is decoded and paid for from ``budget`` (the request's, see ``budget``).
+    The frames are uint8: the reference rounds its clip resize to uint8 before its ``.float()``,
+    so uint8 holds the same values in a quarter of the bytes the processor copies and the engine
+    is sent. Each frame is resized as it is decoded and paid for from ``budget`` (the request's,
+    see ``budget``).
     """
     clip, meta, _ = read_video_file(data, where, fps=fps, max_frames=max_frames,
                                     total_pixels=DEFAULT_TOTAL_PIXELS,

@@ -125,6 +125,8 @@ def test_image_is_charged_from_its_header_before_decoding(monkeypatch):
 
 
 def test_frame_lists_are_refused_mid_list_and_hold_one_frame_at_a_time():
+    import torch
+
     frames = [Image.new("RGB", (512, 512), (i, 0, 0)) for i in range(6)]
     pool = B.DecodePool(10**12)
     b = B.DecodeBudget(limit=3 * 512 * 512 * 4 + 10, seconds=0, pool=pool)
@@ -136,7 +138,8 @@ def test_frame_lists_are_refused_mid_list_and_hold_one_frame_at_a_time():
     b = B.DecodeBudget(limit=0, seconds=0, pool=pool)
     clip, _ = M.frame_list_clip([M.png_data_url(f) for f in frames], "v", total_pixels=7864320,
                                 budget=b)
-    assert b.held == clip.numel() * 4
+    assert clip.dtype == torch.uint8  # the reference's rounded values, a byte each
+    assert b.held == clip.numel()
 
 
 def test_connector_refuses_a_frame_list_from_headers_alone(monkeypatch):
@@ -171,7 +174,8 @@ def test_plane_by_plane_resize_equals_the_whole_clip():
         oh, ow = int(rng.integers(1, 10)) * 32, int(rng.integers(1, 10)) * 32
         arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         whole = M._bicubic(torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous(), oh, ow)[0]
-        assert torch.equal(M._bicubic_hwc(arr, oh, ow), whole), case
+        got = M._bicubic_hwc(arr, oh, ow)
+        assert got.dtype == torch.uint8 and torch.equal(got.float(), whole), case
 
 
 @pytest.mark.parametrize("w,h,n", [(96, 64, 12), (160, 120, 30)])

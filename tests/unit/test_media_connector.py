@@ -64,7 +64,8 @@ def test_frame_lists_match_qwen_vl_utils(n):
                                   return_video_metadata=True)
     assert got.shape == tuple(want.permute(0, 2, 3, 1).shape)  # never stretched to 64
     assert got.shape[0] == n + (n % 2) if n <= 64 else got.shape[0] == 64
-    assert torch.equal(torch.from_numpy(got), want.permute(0, 2, 3, 1))
+    assert got.dtype == np.uint8  # the reference rounds to uint8 before its .float()
+    assert torch.equal(torch.from_numpy(got).float(), want.permute(0, 2, 3, 1))
     assert meta["fps"] == 2.0 and meta["frames_indices"] == list(range(got.shape[0]))
     assert meta["do_sample_frames"] is False
 
