@@ -7,8 +7,8 @@ eager reference, whose uint8-times-float32 multiply goes through type promotion 
 in the worker it was 4.7-13 ms of CPU per 512x512 photo and ~40 ms per 10-frame clip
 (``benchmarks/account.py``), more than the whole HF processor in the API server.
 
-``forward_cpu`` here converts to float32 once (uint8 and half types; float32 pixels, which
-vLLM 0.32 sends for videos, are not converted) and then multiplies and adds in place. It is the
+``forward_cpu`` here converts to float32 once (uint8 and half types; float32 pixels, e.g.
+a caller's own float video frames, are not converted) and then multiplies and adds in place. It is the
 same two fp32 operations on the same values in the same order, so the output is bit-identical
 (``tests/unit/test_serving_cost.py`` checks ``torch.equal`` against vLLM's own
 ``forward_native``); anything else goes to vLLM's code unchanged. One thread, 512x512 photo
