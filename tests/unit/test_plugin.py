@@ -5,7 +5,8 @@ import types
 import pytest
 
 from qwen3vl_vllm.serving import detect
-from qwen3vl_vllm.serving import plugin
+from qwen3vl_vllm.serving import engine_hooks, plugin
+from qwen3vl_vllm.serving import settings as serving_settings
 from qwen3vl_vllm.prompts import engine as settings
 
 
@@ -13,7 +14,7 @@ from qwen3vl_vllm.prompts import engine as settings
 def _no_env(monkeypatch):
     # apply_serve_defaults writes these into os.environ: monkeypatch restores them after each
     # test, so no later server started by the suite inherits them
-    for name in (detect.KIND_ENV, plugin.KEEP_ALIVE_ENV, plugin.MEDIA_CONNECTOR_ENV):
+    for name in (detect.KIND_ENV, serving_settings.KEEP_ALIVE_ENV, serving_settings.MEDIA_CONNECTOR_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -79,9 +80,9 @@ def test_serve_defaults_template():
     assert plugin.apply_serve_defaults(ns) == "reranker"
     assert ns.chat_template == settings.chat_template_text("reranker")
     assert "Given a search query" in settings.chat_template_text("reranker")  # markers filled
-    assert ns.middleware == list(plugin.MIDDLEWARES)
+    assert ns.middleware == list(serving_settings.MIDDLEWARES)
     plugin.apply_serve_defaults(ns)
-    assert ns.middleware == list(plugin.MIDDLEWARES)  # idempotent
+    assert ns.middleware == list(serving_settings.MIDDLEWARES)  # idempotent
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None,
                                chat_template="/mine.jinja", middleware=[])
     plugin.apply_serve_defaults(ns)
@@ -93,35 +94,35 @@ def test_serve_defaults_template():
 def test_serve_keep_alive_outlives_client_pools(monkeypatch):
     import httpx
 
-    monkeypatch.delenv(plugin.KEEP_ALIVE_ENV, raising=False)
+    monkeypatch.delenv(serving_settings.KEEP_ALIVE_ENV, raising=False)
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Embedding-2B", model=None,
                                chat_template=None, middleware=[])
     plugin.apply_serve_defaults(ns)
-    server_s = int(os.environ[plugin.KEEP_ALIVE_ENV])
+    server_s = int(os.environ[serving_settings.KEEP_ALIVE_ENV])
     # httpx (and the openai SDK on it) expires idle pooled connections after this many seconds
     client_s = httpx.Limits().keepalive_expiry
     assert server_s > client_s + 5, (server_s, client_s)
-    monkeypatch.setenv(plugin.KEEP_ALIVE_ENV, "7")
+    monkeypatch.setenv(serving_settings.KEEP_ALIVE_ENV, "7")
     plugin.apply_serve_defaults(ns)
-    assert os.environ[plugin.KEEP_ALIVE_ENV] == "7"  # the user's value wins
-    monkeypatch.delenv(plugin.KEEP_ALIVE_ENV)
+    assert os.environ[serving_settings.KEEP_ALIVE_ENV] == "7"  # the user's value wins
+    monkeypatch.delenv(serving_settings.KEEP_ALIVE_ENV)
     plugin.apply_serve_defaults(types.SimpleNamespace(model_tag=None, model="x/other",
                                                       chat_template=None, middleware=[]))
-    assert plugin.KEEP_ALIVE_ENV not in os.environ  # other models: untouched
+    assert serving_settings.KEEP_ALIVE_ENV not in os.environ  # other models: untouched
 
 
 def test_serve_selects_reference_media_connector(monkeypatch):
     ns = types.SimpleNamespace(model_tag="Qwen/Qwen3-VL-Reranker-2B", model=None,
                                chat_template=None, middleware=[])
     plugin.apply_serve_defaults(ns)
-    assert os.environ[plugin.MEDIA_CONNECTOR_ENV] == "qwen3vl"
-    monkeypatch.setenv(plugin.MEDIA_CONNECTOR_ENV, "http")
+    assert os.environ[serving_settings.MEDIA_CONNECTOR_ENV] == "qwen3vl"
+    monkeypatch.setenv(serving_settings.MEDIA_CONNECTOR_ENV, "http")
     plugin.apply_serve_defaults(ns)
-    assert os.environ[plugin.MEDIA_CONNECTOR_ENV] == "http"  # the user's choice wins
-    monkeypatch.delenv(plugin.MEDIA_CONNECTOR_ENV)
+    assert os.environ[serving_settings.MEDIA_CONNECTOR_ENV] == "http"  # the user's choice wins
+    monkeypatch.delenv(serving_settings.MEDIA_CONNECTOR_ENV)
     plugin.apply_serve_defaults(types.SimpleNamespace(model_tag=None, model="x/other",
                                                       chat_template=None, middleware=[]))
-    assert plugin.MEDIA_CONNECTOR_ENV not in os.environ  # other models: untouched
+    assert serving_settings.MEDIA_CONNECTOR_ENV not in os.environ  # other models: untouched
 
 
 def test_embedding_template_renders_reference_prompt():
@@ -249,7 +250,7 @@ def test_envfix_refreshes_a_stale_alias(tmp_path, monkeypatch):
 
 @pytest.fixture
 def cpu(monkeypatch):
-    monkeypatch.setattr(plugin, "_on_cpu", lambda: True)
+    monkeypatch.setattr(engine_hooks, "on_cpu", lambda: True)
     for name in (settings.CPU_DEFAULTS_ENV, settings.RESERVED_CPU_ENV, "VLLM_CPU_KVCACHE_SPACE",
                  "QWEN3VL_SHM_BUSY_LOOP_S"):
         monkeypatch.setenv(name, "x")  # recorded first, so whatever the plugin writes is undone
@@ -259,7 +260,7 @@ def cpu(monkeypatch):
 
 def test_cpu_defaults_skip_the_warm_up_pass(cpu):
     args = types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False)
-    cpu.setattr(plugin.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpu.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     changed = plugin.apply_cpu_defaults(args)
     assert args.enforce_eager is True and args.skip_mm_profiling is True
     assert os.environ[settings.RESERVED_CPU_ENV] == "0"  # a 2-core box: no idle front-end core
@@ -269,11 +270,11 @@ def test_cpu_defaults_skip_the_warm_up_pass(cpu):
 
 
 def test_cpu_defaults_leave_big_boxes_and_user_choices(cpu):
-    cpu.setattr(plugin.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    cpu.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
     assert settings.RESERVED_CPU_ENV not in os.environ  # vLLM's own rule on 32 cores
     cpu.setenv(settings.RESERVED_CPU_ENV, "1")
-    cpu.setattr(plugin.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpu.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
     assert os.environ[settings.RESERVED_CPU_ENV] == "1"  # the user's value stays
     cpu.setenv(settings.CPU_DEFAULTS_ENV, "0")
@@ -282,7 +283,7 @@ def test_cpu_defaults_leave_big_boxes_and_user_choices(cpu):
 
 
 def test_cpu_defaults_not_on_gpu(monkeypatch):
-    monkeypatch.setattr(plugin, "_on_cpu", lambda: False)
+    monkeypatch.setattr(engine_hooks, "on_cpu", lambda: False)
     args = types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False, kv_cache_memory_bytes=None)
     assert plugin.apply_cpu_defaults(args) == [] and args.enforce_eager is False
     assert plugin.size_cpu_kv_cache(args, None) is None and args.kv_cache_memory_bytes is None
