@@ -78,24 +78,31 @@ def step_of(stack: list[str]) -> str:
     return classify(stack, STEPS, "other Python")
 
 
-def process_role(data: dict) -> str:
-    text = (data["comm"] + " " + data["cmdline"]).lower()
-    if "enginecor" in text:
-        return "engine_core"
-    if "worker" in text:
-        return "worker"
-    if "resource_tracker" in text:
-        return "other"
-    return "api_server"
+def process_roles(files: list[dict]) -> dict[int, str]:
+    """pid -> role for the sampler's files of one server tree, by ``frontend.role_of``: the
+    depth of each process is counted up its parents among the sampled processes (the API
+    server's parent, the benchmark, is not sampled)."""
+    import frontend
+
+    by_pid = {d["pid"]: d for d in files}
+
+    def depth(d: dict) -> int:
+        n = 0
+        while d.get("ppid") in by_pid and n < 16:
+            d, n = by_pid[d["ppid"]], n + 1
+        return n
+
+    return {pid: frontend.role_of(d["comm"] + " " + d["cmdline"], depth(d)) for pid, d in by_pid.items()}
 
 
 def collect(folder: Path) -> dict:
     """{role: {step: ns}} and the top stacks per step, from every process's file."""
     out: dict[str, dict[str, int]] = {}
     top: dict[str, dict[str, int]] = {}
-    for f in sorted(folder.glob("*.json")):
-        data = json.loads(f.read_text())
-        r = process_role(data)
+    files = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    roles = process_roles(files)
+    for data in files:
+        r = roles[data["pid"]]
         for stack, ns in data["stacks"]:
             step = step_of(stack)
             out.setdefault(r, {})[step] = out.setdefault(r, {}).get(step, 0) + ns

@@ -214,9 +214,16 @@ def role(p, depth: int) -> str:
     forked worker may still carry its parent's title): the root serves HTTP, its children are
     the engine core (and, with --api-server-count > 1, API servers named so), theirs workers."""
     try:
-        text = (p.name() + " " + " ".join(p.cmdline())).lower()
+        text = p.name() + " " + " ".join(p.cmdline())
     except Exception:  # noqa: BLE001 - a process gone between listing and reading
         return "other"
+    return role_of(text, depth)
+
+
+def role_of(text: str, depth: int) -> str:
+    """The rule of ``role`` on a process's name and command line (``account.py`` applies it to
+    the sampler's files): one rule for both benchmarks."""
+    text = text.lower()
     if "resource_tracker" in text:
         return "other"
     if depth == 0 or "apiserver" in text or "api_server" in text:

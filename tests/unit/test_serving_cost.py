@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen3vl_vllm.serving import plugin, settings, shm_spin
+from qwen3vl_vllm.serving import engine_hooks, plugin, settings, shm_spin
 from qwen3vl_vllm.prompts import engine as engine_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +101,8 @@ def test_readers_spin_then_nap_then_wait_as_vllm_does(monkeypatch):
 
 
 def test_cpu_defaults_set_the_busy_loop_and_keep_the_users(clean_env):
-    clean_env.setattr(plugin, "_on_cpu", lambda: True)
-    clean_env.setattr(plugin.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    clean_env.setattr(engine_hooks, "on_cpu", lambda: True)
+    clean_env.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     changed = plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
     assert os.environ[shm_spin.ENV] == shm_spin.CPU_DEFAULT == "0.002"
     assert any(c.startswith(f"{shm_spin.ENV}=0.002") for c in changed)
@@ -115,7 +115,7 @@ def test_cpu_defaults_set_the_busy_loop_and_keep_the_users(clean_env):
 
 
 def test_gpu_servers_keep_vllms_busy_loop(clean_env):
-    clean_env.setattr(plugin, "_on_cpu", lambda: False)
+    clean_env.setattr(engine_hooks, "on_cpu", lambda: False)
     plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
     assert shm_spin.ENV not in os.environ
 
@@ -181,8 +181,8 @@ def _serve_args(**kw):
 
 
 def test_gpu_default_api_server_count_and_the_users_value_wins(clean_env):
-    clean_env.setattr(plugin, "_on_cpu", lambda: False)
-    clean_env.setattr(plugin.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    clean_env.setattr(engine_hooks, "on_cpu", lambda: False)
+    clean_env.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     args = _serve_args()
     assert plugin.apply_api_server_default(args) == 7 and args.api_server_count == 7
     for given in (1, 2, 8):
@@ -195,14 +195,14 @@ def test_gpu_default_api_server_count_and_the_users_value_wins(clean_env):
     clean_env.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1")  # vLLM allows one API server then
     assert plugin.apply_api_server_default(_serve_args()) is None
     clean_env.delenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
-    clean_env.setattr(plugin.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    clean_env.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     args = _serve_args()
     assert plugin.apply_api_server_default(args) is None and args.api_server_count is None  # 1: vLLM's
 
 
 def test_cpu_servers_keep_one_api_server(clean_env):
-    clean_env.setattr(plugin, "_on_cpu", lambda: True)
-    clean_env.setattr(plugin.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    clean_env.setattr(engine_hooks, "on_cpu", lambda: True)
+    clean_env.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     args = _serve_args()
     assert plugin.apply_api_server_default(args) is None and args.api_server_count is None
 
@@ -295,12 +295,18 @@ def test_account_steps_and_sums(tmp_path):
     assert account.step_of(["nowhere.py:f"]) == "other Python"
     folder = tmp_path / "label"
     folder.mkdir()
-    for pid, comm, stacks in ((1, "python", [[["uvicorn/x.py:run"], 2_000_000], [["<sampler>"], 500_000]]),
-                              (2, "VLLM::EngineCor", [[["vllm/distributed/utils.py:sched_yield"], 3_000_000]]),
-                              (3, "VLLM::Worker", [[["vllm/model_executor/models/qwen3_vl.py:forward"], 7_000_000]])):
-        (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "ppid": 0, "comm": comm, "cmdline": "",
+    # roles by place in the tree (as the frontend benchmark counts them): a forked worker may
+    # still carry its parent's title (pid 3), a resource tracker is neither
+    for pid, ppid, comm, stacks in (
+            (1, 900, "python", [[["uvicorn/x.py:run"], 2_000_000], [["<sampler>"], 500_000]]),
+            (2, 1, "VLLM::EngineCor", [[["vllm/distributed/utils.py:sched_yield"], 3_000_000]]),
+            (3, 2, "VLLM::EngineCor", [[["vllm/model_executor/models/qwen3_vl.py:forward"], 7_000_000]]),
+            (4, 1, "python", [[["multiprocessing/resource_tracker.py:main"], 100_000]])):
+        (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "ppid": ppid, "comm": comm,
+                                                        "cmdline": "resource_tracker" if pid == 4 else "",
                                                         "wall_s": 1.0, "stacks": stacks}))
     got = account.collect(folder)
+    assert set(got["steps"]) == {"api_server", "engine_core", "worker", "other"}
     assert got["steps"]["api_server"] == {"HTTP, JSON, ASGI middlewares": 2_000_000, "sampler itself": 500_000}
     assert list(got["steps"]["engine_core"]) == ["spin-wait for the next step (vLLM's shm queue busy-loop)"]
     assert got["steps"]["worker"] == {"forward (model, torch)": 7_000_000}
@@ -309,7 +315,7 @@ def test_account_steps_and_sums(tmp_path):
            "sampled_ms_per_item": {r: {s: ns / 1e6 / 2 for s, ns in v.items()} for r, v in got["steps"].items()}}
     md = account.markdown([row])
     assert "| api_server | **sum of the parts / psutil** | **1.250 / 1.300** |" in md
-    assert "**sum of the parts / psutil (whole tree)** | **6.250 / 6.200** |" in md
+    assert "**sum of the parts / psutil (whole tree)** | **6.300 / 6.200** |" in md
 
 
 # ---------------------------------------------------------------- the benchmark's structure
