@@ -53,11 +53,14 @@ def _start() -> None:
         except OSError:
             return "?"
 
+    names: dict[int, str] = {}  # a native thread's name, read once
+
     def stack(frame) -> tuple:
+        # code objects, not strings: a sample costs a pointer walk per thread (names are made
+        # when the file is written), so the sampler perturbs less what it measures
         out = []
         while frame is not None and len(out) < 80:
-            code = frame.f_code
-            out.append(f"{code.co_filename}:{code.co_name}")
+            out.append(frame.f_code)
             frame = frame.f_back
         return tuple(reversed(out))  # root first
 
@@ -103,7 +106,11 @@ def _start() -> None:
                 if tid == me["tid"]:
                     key = ("<sampler>",)
                 else:
-                    key = frames.get(idents.get(tid)) or (f"<native thread {comm(tid)}>",)
+                    key = frames.get(idents.get(tid))
+                    if not key:
+                        if tid not in names:
+                            names[tid] = f"<native thread {comm(tid)}>"
+                        key = (names[tid],)
                 stacks[key] = stacks.get(key, 0) + (ns - prev)
             time.sleep(every)
 
@@ -116,11 +123,14 @@ def _start() -> None:
         except OSError:
             cmd = "?"
         data = {"pid": os.getpid(), "ppid": os.getppid(), "comm": comm(os.getpid()), "cmdline": cmd,
-                "wall_s": wall, "stacks": [[list(k), v] for k, v in stacks.items()]}
+                "wall_s": wall, "stacks": [[[_name(c) for c in k], v] for k, v in stacks.items()]}
         tmp = os.path.join(folder, f".{os.getpid()}.json")
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, os.path.join(folder, f"{os.getpid()}.json"))
+
+    def _name(code) -> str:
+        return code if isinstance(code, str) else f"{code.co_filename}:{code.co_name}"
 
     threading.Thread(target=run, name="qwen3vl-sampler", daemon=True).start()
 
