@@ -381,6 +381,33 @@ def test_frontend_bodies_per_side(tmp_path):
     assert len(frames[0]["video"]) == 10
 
 
+def test_offline_clips_forces_the_clip_dtype_and_puts_the_engine_back(monkeypatch):
+    import offline_clips
+    from qwen3vl_vllm.offline import engines
+
+    seen = []
+    monkeypatch.setattr(engines, "fetch_video", lambda part, where, policy, **kw: seen.append(kw["uint8"]))
+    original = engines.fetch_video
+    for side in offline_clips.SIDES:
+        with offline_clips.clips_as(side):
+            engines.fetch_video({}, "video", None, uint8=True)  # what the engine passes
+    assert seen == [True, False]  # uint8 as shipped, then float32
+    assert engines.fetch_video is original
+    with pytest.raises(RuntimeError), offline_clips.clips_as("float32"):
+        raise RuntimeError("a failing round")
+    assert engines.fetch_video is original
+
+
+def test_text_paths_sends_both_request_shapes(tmp_path):
+    import frontend
+    import text_paths
+
+    items = frontend.make_items("text", 2, 1, tmp_path)
+    got = {shape: frontend.bodies("text", side, items, "m", "") for shape, side in text_paths.PATHS.items()}
+    assert [b["input"] for b in got["input"]] == [it["text"] for it in items]
+    assert all(b["add_generation_prompt"] and b["messages"][0]["role"] == "system" for b in got["messages"])
+
+
 def test_frontend_splits_cpu_by_place_in_the_process_tree(tmp_path):
     import frontend
 
