@@ -408,6 +408,22 @@ def test_text_paths_sends_both_request_shapes(tmp_path):
     assert all(b["add_generation_prompt"] and b["messages"][0]["role"] == "system" for b in got["messages"])
 
 
+def test_middleware_cost_measures_answered_requests_through_every_middleware(monkeypatch):
+    import middleware_cost
+    from qwen3vl_vllm.serving.settings import MIDDLEWARES
+
+    monkeypatch.setenv("VLLM_API_KEY", "the-suite's")  # put back after the test, whatever run() does
+    res = middleware_cost.run(rounds=2, n=20)  # raises unless every request was answered 200
+    assert os.environ["VLLM_API_KEY"] == "the-suite's"
+    assert set(res["cpu_us_per_request"]) == {"bare", "middlewares"}
+    assert all(row["n"] == 2 for row in res["cpu_us_per_request"].values())
+    layers, app = [], middleware_cost.wrapped()
+    while hasattr(app, "app"):
+        layers.append(f"{type(app).__module__}.{type(app).__name__}")
+        app = app.app
+    assert layers == list(reversed(MIDDLEWARES)) and app is middleware_cost.app
+
+
 def test_frontend_splits_cpu_by_place_in_the_process_tree(tmp_path):
     import frontend
 
