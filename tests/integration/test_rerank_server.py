@@ -174,4 +174,9 @@ def test_async_rerank_matches(reranker_server, rclient):
         async with AsyncRerankClient(base_url=reranker_server.base_url) as ac:
             return await ac.score(inputs["query"], inputs["documents"])
 
-    assert asyncio.run(run()) == rclient.score(inputs["query"], inputs["documents"])
+    got, want = asyncio.run(run()), rclient.score(inputs["query"], inputs["documents"])
+    # the same scores up to float32 noise: two requests for the same pairs are not bit-identical
+    # on a server (batch composition, cached prefixes; seen once: |diff| 1.2e-7); the parity
+    # matrix's bound
+    assert len(got) == len(want) == len(inputs["documents"])
+    assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, list(zip(got, want))
