@@ -3,7 +3,7 @@
 A bare ``input`` string is turned into the reference's conversation and rendered by the chat
 path (``serving/embed_inputs``); a ``messages`` request with the reference's system turn and
 ``add_generation_prompt`` (what plain vLLM needs) goes through the chat path directly. Both give
-the same vector. This sends fresh short texts (``frontend.make_items``) both ways to one plugin
+the same vector (the frontend benchmark checks both against the offline API). This sends fresh short texts (``frontend.make_items``) both ways to one plugin
 server, in alternating order over ``--rounds`` rounds at c = 1 and 8, and reports the server's
 CPU per text by process (``psutil``) and texts/s, medians and ranges, to JSON. Nothing is
 asserted on speed.
@@ -44,14 +44,8 @@ def run(out: Path, rounds: int) -> dict:
                     reqs = frontend.bodies("text", PATHS[shape], items, model, srv.base_url)
                     rows.setdefault(f"{shape} c={c}", []).append(
                         frontend.measure_server(srv, "/embeddings", reqs, 1, c))
-    res = {"rounds": rounds, "requests_per_level": REQUESTS, "rows": {}}
-    for key, got in rows.items():
-        roles = sorted({k for g in got for k in g["cpu_ms_per_item"]})
-        res["rows"][key] = {
-            "items_per_s": frontend.summarise([g["items_per_s"] for g in got]),
-            "cpu_ms_per_item": frontend.summarise([sum(g["cpu_ms_per_item"].values()) for g in got]),
-            "by_process": {k: frontend.summarise([g["cpu_ms_per_item"].get(k, 0.0) for g in got]) for k in roles}}
-    return res
+    return {"rounds": rounds, "requests_per_level": REQUESTS,
+            "rows": {key: frontend._level_summary(got) for key, got in rows.items()}}
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from qwen3vl_vllm.serving import engine_hooks, server_hooks
 from qwen3vl_vllm.serving.engine_hooks import (apply_cpu_defaults, apply_engine_defaults,  # noqa: F401 - public
                                                size_cpu_kv_cache)
 from qwen3vl_vllm.serving.server_hooks import (apply_api_server_default, apply_api_server_threads,  # noqa: F401
@@ -110,8 +111,6 @@ def _install(piece: str, installer) -> None:
 
 
 def _patch_serve_validation() -> bool:
-    from qwen3vl_vllm.serving import server_hooks
-
     return server_hooks.patch_serve_validation(_STATE["patched"])
 
 
@@ -173,8 +172,6 @@ def register() -> None:
     version = _vllm_version()
     _STATE["version"] = version
     _STATE["tested"] = contract.tested(version)
-    from qwen3vl_vllm.serving import engine_hooks, server_hooks
-
     _STATE["patched"] += [w for w in (engine_hooks.patch_engine_args(_gate), server_hooks.patch_run_batch()) if w]
     _install("serve template and middleware hook", _patch_serve_validation)
     _install("video loader", _register_video_loader)
