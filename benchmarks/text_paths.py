@@ -1,14 +1,24 @@
-"""What the plugin's ``input`` path costs against ``messages``, on the same plugin server.
+"""What each way of sending a short text costs a plugin server, and what a server setting changes.
 
-A bare ``input`` string is turned into the reference's conversation and rendered by the chat
-path (``serving/embed_inputs``); a ``messages`` request with the reference's system turn and
-``add_generation_prompt`` (what plain vLLM needs) goes through the chat path directly. Both give
-the same vector (the frontend benchmark checks both against the offline API). This sends fresh short texts (``frontend.make_items``) both ways to one plugin
-server, in alternating order over ``--rounds`` rounds at c = 1 and 8, and reports the server's
+Shapes, all giving the same vector (checked at the start: cosine to the first shape):
+
+- ``input``: a bare string, as every OpenAI client sends it. The plugin turns it into the
+  reference's conversation and renders it with its template (``serving/embed_inputs``);
+- ``messages``: the reference's system turn and ``add_generation_prompt`` (what plain vLLM
+  needs), through vLLM's chat path;
+- ``raw``: the reference prompt rendered here and sent with ``raw_prompt: true``, so the server
+  only tokenises it (the floor for the ``input`` path).
+
+``--variant NAME:ENV=VALUE[,ENV=VALUE]`` (repeatable) starts one plugin server per variant, with
+those environment overrides, and measures each in turn while the others are paused
+(``run.paused``), so settings are compared within one run on this shared machine. Fresh texts
+(``frontend.make_items``) per round and level; rounds alternate the order. Reports the server's
 CPU per text by process (``psutil``) and texts/s, medians and ranges, to JSON. Nothing is
 asserted on speed.
 
     .venv/bin/python benchmarks/text_paths.py --rounds 4 --out benchmarks/results/text-paths
+    .venv/bin/python benchmarks/text_paths.py --shapes input --requests 240 \
+        --variant pool:QWEN3VL_INLINE_RENDER_CHARS=0 --variant inline:
 """
 
 from __future__ import annotations
@@ -22,44 +32,116 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-PATHS = {"input": "plugin", "messages": "plain"}  # request shape -> frontend.bodies' side
+PATHS = {"input": "plugin", "messages": "plain", "raw": "plugin"}  # request shape -> frontend.bodies' side
 LEVELS = (1, 8)
 REQUESTS = 96
 
 
-def run(out: Path, rounds: int) -> dict:
+def raw_prompt(text: str) -> str:
+    """The reference prompt of ``{"text": text}``, rendered here from the package's template (what
+    the ``raw`` shape sends pre-built, so the server tokenises it with no chat rendering)."""
+    import jinja2
+
+    from qwen3vl_vllm.prompts.engine import chat_template_text
+    from qwen3vl_vllm.prompts.inputs import embedding_conversation
+
+    template = jinja2.Environment().from_string(chat_template_text("embedding"))
+    return template.render(messages=embedding_conversation({"text": text}))
+
+
+def shape_bodies(shape: str, items: list, model: str, base_url: str) -> list[dict]:
+    import frontend
+
+    reqs = frontend.bodies("text", PATHS[shape], items, model, base_url)
+    if shape == "raw":
+        reqs = [dict(b, input=raw_prompt(b["input"]), raw_prompt=True) for b in reqs]
+    return reqs
+
+
+def cosine(a, b) -> float:
+    import numpy as np
+
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS,
+        shapes: tuple = tuple(PATHS), variants: dict | None = None) -> dict:
+    """``variants``: name -> environment overrides, one plugin server each (None: one server as
+    configured). Servers not being measured are paused (``run.paused``); rounds alternate the
+    order of variants and shapes."""
+    import contextlib
+
     import frontend
     from qwen3vl_vllm.ops.launcher import ServerProcess
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
-    from run import SIZING, served_model, server_env
+    from run import SIZING, paused, served_model, server_env
 
     ckpt = str(ensure_checkpoint(HERE.parent / ".cache" / "checkpoints", kind="embedding", size="tiny"))
+    variants = variants or {"": {}}
     rows: dict[str, list[dict]] = {}
-    with ServerProcess(ckpt, extra_args=SIZING, env=server_env(), log_path=out / "server.log") as srv:
-        model = served_model(srv.base_url)
+    worst: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, env in variants.items():
+            log = out / (f"server-{name}.log" if name else "server.log")
+            servers[name] = stack.enter_context(
+                ServerProcess(ckpt, extra_args=SIZING, env=dict(server_env(), **env), log_path=log))
+        model = served_model(next(iter(servers.values())).base_url)
+        probe = frontend.make_items("text", 4, 4999, out / "media")
+        reference = None
+        for name, srv in servers.items():
+            for shape in shapes:
+                vecs = frontend.answers(srv.base_url, "/embeddings", shape_bodies(shape, probe, model, srv.base_url))
+                reference = reference or vecs
+                worst[f"{name} {shape}".strip()] = min(cosine(a, b) for a, b in zip(reference, vecs))
+        print(f"[text_paths] worst cosine to the first path: {worst}")
         for r in range(rounds):
-            for shape in (list(PATHS) if r % 2 == 0 else list(PATHS)[::-1]):
-                for c in LEVELS:
-                    items = frontend.make_items("text", REQUESTS, 5000 + 10 * r + c, out / "media")
-                    reqs = frontend.bodies("text", PATHS[shape], items, model, srv.base_url)
-                    rows.setdefault(f"{shape} c={c}", []).append(
-                        frontend.measure_server(srv, "/embeddings", reqs, 1, c))
-    return {"rounds": rounds, "requests_per_level": REQUESTS,
+            order = [(name, shape) for name in variants for shape in shapes]
+            for name, shape in (order if r % 2 == 0 else order[::-1]):
+                srv = servers[name]
+                with contextlib.ExitStack() as pause:
+                    for other, o in servers.items():
+                        if other != name:
+                            pause.enter_context(paused(o))
+                    for c in levels:
+                        items = frontend.make_items("text", requests, 5000 + 10 * r + c, out / "media")
+                        reqs = shape_bodies(shape, items, model, srv.base_url)
+                        rows.setdefault(f"{name} {shape} c={c}".strip(), []).append(
+                            frontend.measure_server(srv, "/embeddings", reqs, 1, c))
+    return {"rounds": rounds, "requests_per_level": requests, "variants": variants,
+            "worst_cosine_to_first": worst,
             "rows": {key: frontend._level_summary(got) for key, got in rows.items()}}
+
+
+def _variant(text: str) -> tuple[str, dict]:
+    name, _, assignments = text.partition(":")
+    env = {}
+    for pair in filter(None, assignments.split(",")):
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise SystemExit(f"--variant {text!r}: write NAME:ENV=VALUE[,ENV=VALUE]")
+        env[key] = value
+    return name, env
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--out", default=str(HERE / "results" / "text-paths"))
+    ap.add_argument("--requests", type=int, default=REQUESTS, help="requests per level and round")
+    ap.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrencies")
+    ap.add_argument("--shapes", nargs="+", default=list(PATHS), choices=list(PATHS), help="request shapes")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE[,ENV=VALUE]",
+                    help="a plugin server with these environment overrides (repeat to compare)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = run(out, args.rounds)
+    res = run(out, args.rounds, args.requests, tuple(args.levels), tuple(args.shapes),
+              dict(_variant(v) for v in args.variant) or None)
     (out / "text_paths.json").write_text(json.dumps(res, indent=1))
     for key, row in res["rows"].items():
         cpu, api = row["cpu_ms_per_item"], row["by_process"].get("api_server", {"median": float("nan")})
-        print(f"{key:12s} {row['items_per_s']['median']:7.1f} texts/s, {cpu['median']:.2f} ms CPU per text "
+        print(f"{key:24s} {row['items_per_s']['median']:7.1f} texts/s, {cpu['median']:.2f} ms CPU per text "
               f"({cpu['min']:.2f}-{cpu['max']:.2f}), API server {api['median']:.2f} ms")
     print(f"[text_paths] wrote {out}/text_paths.json")
     return 0

@@ -104,7 +104,10 @@ SYMBOLS: tuple[Symbol, ...] = (
            ("ctx",), "input strings and Cohere texts get the reference prompt (wrapped)"),
     Symbol(("vllm.entrypoints.pooling.embed.io_processor",),
            "EmbedIOProcessor._get_request_factory_chat_input_online", ("ctx",), "called privately"),
-    Symbol(("vllm.entrypoints.pooling.embed.protocol",), "EmbeddingCompletionRequest", (), "isinstance"),
+    Symbol(("vllm.entrypoints.pooling.embed.protocol",), "EmbeddingCompletionRequest",
+           ("model", "input", "add_special_tokens", "truncate_prompt_tokens", "truncation_side"),
+           "isinstance; constructed for texts rendered directly (embed_inputs._render_texts; reads the "
+           "IO processor's .chat_template, .template_kwargs, .tool_dicts, .renderer.tokenizer)"),
     Symbol(("vllm.entrypoints.pooling.embed.protocol",), "CohereEmbedRequest", (), "isinstance"),
     Symbol(("vllm.entrypoints.pooling.embed.protocol",), "EmbeddingBatchChatRequest",
            ("model", "messages", "add_generation_prompt", "truncate_prompt_tokens", "truncation_side"),
@@ -112,7 +115,8 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol(("vllm.entrypoints.pooling.scoring.io_processor",), "CrossEncoderIOProcessor.get_score_prompt",
            ("data_1", "data_2"), "reference truncation and sides (wrapped)"),
     Symbol(("vllm.entrypoints.pooling.base.io_processor",), "PoolingIOProcessor.__init__", (),
-           "render on the request's context (wrapped; reads .render and ._executor)"),
+           "render on the request's context, short texts on the event loop (wrapped; reads .render "
+           "and ._executor; a completion prompt is a dict with 'prompts')"),
     Symbol(("vllm.renderers.base",), "BaseRenderer._process_multimodal",
            ("prompt", "mm_data", "mm_uuids", "mm_processor_kwargs"), "video fitting (wrapped)", where="all"),
     Symbol(("vllm.renderers.base",), "BaseRenderer._process_tokens", ("prompt",), "video-fit reports (wrapped)", where="all"),

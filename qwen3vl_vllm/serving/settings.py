@@ -73,3 +73,29 @@ def gpu_api_server_count(usable_cores: int) -> int:
 # QWEN3VL_API_SERVER_THREADS=N sets another count; 0 keeps torch's own (one per core).
 API_SERVER_THREADS_ENV = "QWEN3VL_API_SERVER_THREADS"
 API_SERVER_THREADS = 1
+
+# A prompt of text only, this many characters at most, is rendered (tokenised) on the API
+# server's event loop instead of vLLM's render thread pool (``video_fit_hook``): for a short
+# text the hand-off to the thread and back costs more than the tokenising (~0.1 ms). Longer
+# texts and prompts with media keep the pool, so the loop never waits on a long render.
+# QWEN3VL_INLINE_RENDER_CHARS=N sets another bound; 0 renders every prompt on the pool.
+INLINE_RENDER_ENV = "QWEN3VL_INLINE_RENDER_CHARS"
+INLINE_RENDER_CHARS = 2000
+
+
+def inline_render_chars(environ=None) -> int:
+    """The bound in effect (``INLINE_RENDER_ENV`` else ``INLINE_RENDER_CHARS``); a bad value is
+    refused by name."""
+    import os
+
+    raw = (environ if environ is not None else os.environ).get(INLINE_RENDER_ENV, "")
+    if raw.strip() == "":
+        return INLINE_RENDER_CHARS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{INLINE_RENDER_ENV}={raw!r} is not a whole number of characters; "
+                         f"use e.g. {INLINE_RENDER_ENV}=0 (always the thread pool)") from None
+    if value < 0:
+        raise ValueError(f"{INLINE_RENDER_ENV}={raw!r} must be >= 0")
+    return value

@@ -24,7 +24,25 @@ single short texts 111 req/s against plain vLLM's 112, at 10.6 against 15.0 ms o
 On the CPU platform the plugin's engine defaults set ``QWEN3VL_SHM_BUSY_LOOP_S=0.002``
 (logged) before the engine processes start; every process that loads the plugin builds its
 readers that way. A value set by the user wins; nothing changes while the variable is unset
-(GPU servers, by default). ``QWEN3VL_SHM_NAP_S`` sets the nap.
+(GPU servers, by default). ``QWEN3VL_SHM_NAP_S`` sets the first nap.
+
+The nap grows with the wait: a nap is ``NAP_GROWTH`` (5 %) of the time since the reader's last
+read, from ``NAP_S`` up to ``NAP_MAX_S`` (1 ms; ``QWEN3VL_SHM_NAP_MAX_S``, and
+``QWEN3VL_SHM_NAP_GROWTH``). The engine core waits out each forward on the worker's results,
+and a 0.1 ms nap woke it ~80 times in a 10 ms forward. Measured with
+``benchmarks/text_paths.py`` (one plugin server per setting, paused in turn, 4 rounds of 240
+short texts, 2026-12-03; medians):
+
+| nap | c = 1: texts/s, CPU per text | c = 8: texts/s, CPU per text |
+|---|---|---|
+| 0.1 ms, fixed (before) | 103.6/s, 11.40 ms | 208.9/s, 6.56 ms |
+| 5 % of the wait, at most 1 ms (kept) | 102.8/s, 10.85 ms | 218.4/s, 6.23 ms |
+| 10 % of the wait, at most 1 ms | 98.0/s, 10.77 ms | 216.4/s, 5.98 ms |
+
+10 % cost single requests 5 % of their rate (and 7-11 % in two earlier runs); 5 % keeps it.
+vLLM's own idle mode (a zmq notification per write, ``SpinCondition.wait`` past the busy
+window) was also tried right after the spin: the server's prompt throughput fell from ~3,700
+to ~82 tokens/s, as if the readers slept until a poll timed out (not looked into further).
 
 Example::
 
@@ -43,6 +61,10 @@ ENV = "QWEN3VL_SHM_BUSY_LOOP_S"
 CPU_DEFAULT = "0.002"
 NAP_ENV = "QWEN3VL_SHM_NAP_S"
 NAP_S = 0.0001  # a napping reader looks again after this long (QWEN3VL_SHM_NAP_S to change)
+NAP_MAX_ENV = "QWEN3VL_SHM_NAP_MAX_S"
+NAP_MAX_S = 0.001  # the longest nap, reached as the wait goes on (NAP_GROWTH of the time waited)
+NAP_GROWTH_ENV = "QWEN3VL_SHM_NAP_GROWTH"
+NAP_GROWTH = 0.05  # a nap is at most this share of the time since the last read: <= 5 % added wait
 _SENTINEL = "_qwen3vl_vllm_busy_loop"
 _sleep = time.sleep  # a name of this module's own (tests replace it, not time.sleep)
 
@@ -62,6 +84,13 @@ def busy_loop_s(environ=None) -> float | None:
     return value
 
 
+def nap_s(since: float, nap: float, nap_max: float, growth: float = NAP_GROWTH) -> float:
+    """How long a napping reader sleeps ``since`` seconds after its last read: ``nap`` at first,
+    growing with the wait (``NAP_GROWTH`` of it) up to ``nap_max``, so a long wait (a forward of
+    many ms) wakes the reader fewer times, and adds at most ``growth`` of it."""
+    return min(nap_max, max(nap, growth * since))
+
+
 def patch() -> str | None:
     """Wrap ``SpinCondition.__init__`` and ``.wait`` so readers spin for ``ENV``'s seconds after
     their last read, then nap (``NAP_S`` sleeps) for the rest of vLLM's busy window, then wait
@@ -79,6 +108,8 @@ def patch() -> str | None:
         original_init(self, *args, **kwargs)
         self._qwen3vl_spin_s = busy_loop_s()
         self._qwen3vl_nap_s = float(os.environ.get(NAP_ENV) or NAP_S)
+        self._qwen3vl_nap_max_s = max(self._qwen3vl_nap_s, float(os.environ.get(NAP_MAX_ENV) or NAP_MAX_S))
+        self._qwen3vl_nap_growth = float(os.environ.get(NAP_GROWTH_ENV) or NAP_GROWTH)
 
     @functools.wraps(original_wait)
     def wait(self, timeout_ms=None):
@@ -89,7 +120,8 @@ def patch() -> str | None:
         if since <= spin:
             return shm_broadcast.sched_yield()
         if since <= self.busy_loop_s:  # vLLM's busy window: nap instead of spinning
-            _sleep(self._qwen3vl_nap_s)
+            _sleep(nap_s(since, self._qwen3vl_nap_s, getattr(self, "_qwen3vl_nap_max_s", self._qwen3vl_nap_s),
+                         getattr(self, "_qwen3vl_nap_growth", NAP_GROWTH)))
             return None
         return original_wait(self, timeout_ms)  # vLLM's idle mode: its notification socket
 

@@ -255,14 +255,44 @@ def patch() -> str | None:
     return "BaseRenderer._process_multimodal (video fitting)"
 
 
-def _carry_context_into_render() -> None:
-    """The pooling endpoints render each prompt on a thread pool (``make_async``), which drops
-    context variables; render with the request's context instead, so its reports reach the
-    response header. Same executor, same work."""
+def _short_text(render_params: Any, limit: int) -> bool:
+    """A completion prompt of text only, at most ``limit`` characters: rendered on the event
+    loop (``settings.INLINE_RENDER_CHARS``)."""
+    prompt = render_params.get("prompts") if isinstance(render_params, dict) else None
+    return (isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str)
+            and len(prompt["prompt"]) <= limit and len(prompt) == 1)
+
+
+def render_async_for(render: Any, executor: Any, limit: int) -> Any:
+    """``render_async`` for a pooling IO processor: ``render`` in the request's context, on
+    ``executor``, or at once on the event loop for a short text prompt (``_short_text``), its
+    result or error delivered at the await as the pool's would be."""
     import asyncio
     import functools
 
+    def render_async(*a, **kw):
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_event_loop()
+        if limit and a and not kw and _short_text(a[0], limit):
+            done = loop.create_future()
+            try:
+                done.set_result(ctx.run(render, *a))
+            except Exception as e:  # noqa: BLE001 - raised where the pool's would be: at the await
+                done.set_exception(e)
+            return done
+        return loop.run_in_executor(executor, functools.partial(ctx.run, render, *a, **kw))
+
+    return render_async
+
+
+def _carry_context_into_render() -> None:
+    """The pooling endpoints render each prompt on a thread pool (``make_async``), which drops
+    context variables; render with the request's context instead, so its reports reach the
+    response header. Same executor, same work; a short text renders on the event loop
+    (``render_async_for``)."""
     from vllm.entrypoints.pooling.base.io_processor import PoolingIOProcessor
+
+    from qwen3vl_vllm.serving.settings import inline_render_chars
 
     original = PoolingIOProcessor.__init__
     if getattr(original, _SENTINEL, False):
@@ -270,14 +300,7 @@ def _carry_context_into_render() -> None:
 
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        render, executor = self.render, self._executor
-
-        def render_async(*a, **kw):
-            ctx = contextvars.copy_context()
-            return asyncio.get_event_loop().run_in_executor(
-                executor, functools.partial(ctx.run, render, *a, **kw))
-
-        self.render_async = render_async
+        self.render_async = render_async_for(self.render, self._executor, inline_render_chars())
 
     setattr(__init__, _SENTINEL, True)
     __init__.__wrapped__ = original

@@ -31,7 +31,6 @@ def _shell(cls, ckpt: Path, max_model_len: int = 8192):
     obj.tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
     obj.template = chat_template_text(cls.kind)
     obj._templates = {}
-    obj._special = dict(obj.tokenizer.special_tokens_map)
     obj.max_length = 8192
     obj.llm = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_model_len)))
     return obj
@@ -101,15 +100,20 @@ def test_rerank_query_media_share_one_id_across_pairs(reranker_ckpt):
 def test_direct_render_falls_back_to_transformers_when_it_differs(embedding_ckpt):
     model = _shell(Qwen3VLEmbedder, embedding_ckpt)
 
+    from qwen3vl_vllm.prompts.render import DirectTemplate
+
     class Wrong:
         def render(self, **_):
             return "not the template's output"
 
-    model._templates[model.template] = Wrong()
+    direct = DirectTemplate(model.tokenizer, model.template)
+    assert direct.direct
+    direct._compiled = Wrong()
+    model._templates[model.template] = direct
     prompts = model.prompts([{"text": "hello"}, {"text": "world"}])
     assert all("<|im_start|>assistant\n" in p["prompt"] for p in prompts)
     assert "not the template" not in prompts[1]["prompt"]
-    assert model._templates[model.template] is None  # not tried again for this template
+    assert not direct.direct  # not tried again for this template
 
 
 def test_over_long_text_is_refused_by_name_before_the_engine(embedding_ckpt):

@@ -57,15 +57,20 @@ def test_spin_condition_readers_take_the_settings_from_the_environment():
         r = shm_broadcast.SpinCondition(True, ctx, "inproc://b")
         out += [r._qwen3vl_spin_s, r.busy_loop_s, r._qwen3vl_nap_s]
         os.environ[shm_spin.NAP_ENV] = "0.001"
-        out.append(shm_broadcast.SpinCondition(True, ctx, "inproc://c")._qwen3vl_nap_s)
+        c = shm_broadcast.SpinCondition(True, ctx, "inproc://c")
+        out += [c._qwen3vl_nap_s, r._qwen3vl_nap_max_s, r._qwen3vl_nap_growth]
+        os.environ[shm_spin.NAP_MAX_ENV], os.environ[shm_spin.NAP_GROWTH_ENV] = "0.0005", "0.2"
+        d = shm_broadcast.SpinCondition(True, ctx, "inproc://d")
+        out += [d._qwen3vl_nap_max_s, d._qwen3vl_nap_growth]
         print(json.dumps(out))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in (shm_spin.ENV, shm_spin.NAP_ENV)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in (shm_spin.ENV, shm_spin.NAP_ENV, shm_spin.NAP_MAX_ENV, shm_spin.NAP_GROWTH_ENV)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     # unset: vLLM's own wait; set: our spin, vLLM's 1 s window kept, the default nap, then its variable
-    assert got == [None, 0.002, 1, shm_spin.NAP_S, 0.001]
+    assert got == [None, 0.002, 1, shm_spin.NAP_S, 0.001, shm_spin.NAP_MAX_S, shm_spin.NAP_GROWTH, 0.001, 0.2]
 
 
 class _FakeReader:
@@ -398,14 +403,22 @@ def test_offline_clips_forces_the_clip_dtype_and_puts_the_engine_back(monkeypatc
     assert engines.fetch_video is original
 
 
-def test_text_paths_sends_both_request_shapes(tmp_path):
+def test_text_paths_sends_every_request_shape(tmp_path):
     import frontend
     import text_paths
 
     items = frontend.make_items("text", 2, 1, tmp_path)
-    got = {shape: frontend.bodies("text", side, items, "m", "") for shape, side in text_paths.PATHS.items()}
+    got = {shape: text_paths.shape_bodies(shape, items, "m", "") for shape in text_paths.PATHS}
     assert [b["input"] for b in got["input"]] == [it["text"] for it in items]
     assert all(b["add_generation_prompt"] and b["messages"][0]["role"] == "system" for b in got["messages"])
+    for body, item in zip(got["raw"], items):  # the reference prompt, pre-built
+        assert body["raw_prompt"] is True
+        assert body["input"] == ("<|im_start|>system\nRepresent the user's input.<|im_end|>\n"
+                                 f"<|im_start|>user\n{item['text']}<|im_end|>\n<|im_start|>assistant\n")
+    assert text_paths._variant("nap:A=1,B=x=y") == ("nap", {"A": "1", "B": "x=y"})
+    assert text_paths._variant("base:") == ("base", {})
+    with pytest.raises(SystemExit, match="NAME:ENV=VALUE"):
+        text_paths._variant("bad:A")
 
 
 def test_middleware_cost_measures_answered_requests_through_every_middleware(monkeypatch):
