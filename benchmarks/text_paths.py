@@ -24,6 +24,7 @@ asserted on speed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -37,16 +38,21 @@ LEVELS = (1, 8)
 REQUESTS = 96
 
 
-def raw_prompt(text: str) -> str:
-    """The reference prompt of ``{"text": text}``, rendered here from the package's template (what
-    the ``raw`` shape sends pre-built, so the server tokenises it with no chat rendering)."""
+@functools.lru_cache(maxsize=1)
+def _embedding_template():
     import jinja2
 
     from qwen3vl_vllm.prompts.engine import chat_template_text
+
+    return jinja2.Environment().from_string(chat_template_text("embedding"))
+
+
+def raw_prompt(text: str) -> str:
+    """The reference prompt of ``{"text": text}``, rendered here from the package's template (what
+    the ``raw`` shape sends pre-built, so the server tokenises it with no chat rendering)."""
     from qwen3vl_vllm.prompts.inputs import embedding_conversation
 
-    template = jinja2.Environment().from_string(chat_template_text("embedding"))
-    return template.render(messages=embedding_conversation({"text": text}))
+    return _embedding_template().render(messages=embedding_conversation({"text": text}))
 
 
 def shape_bodies(shape: str, items: list, model: str, base_url: str) -> list[dict]:
@@ -56,12 +62,6 @@ def shape_bodies(shape: str, items: list, model: str, base_url: str) -> list[dic
     if shape == "raw":
         reqs = [dict(b, input=raw_prompt(b["input"]), raw_prompt=True) for b in reqs]
     return reqs
-
-
-def cosine(a, b) -> float:
-    import numpy as np
-
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS,
@@ -93,7 +93,7 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
             for shape in shapes:
                 vecs = frontend.answers(srv.base_url, "/embeddings", shape_bodies(shape, probe, model, srv.base_url))
                 reference = reference or vecs
-                worst[f"{name} {shape}".strip()] = min(cosine(a, b) for a, b in zip(reference, vecs))
+                worst[f"{name} {shape}".strip()] = frontend.agreement("text", vecs, reference)
         print(f"[text_paths] worst cosine to the first path: {worst}")
         for r in range(rounds):
             order = [(name, shape) for name in variants for shape in shapes]

@@ -120,8 +120,7 @@ def patch() -> str | None:
         if since <= spin:
             return shm_broadcast.sched_yield()
         if since <= self.busy_loop_s:  # vLLM's busy window: nap instead of spinning
-            _sleep(nap_s(since, self._qwen3vl_nap_s, getattr(self, "_qwen3vl_nap_max_s", self._qwen3vl_nap_s),
-                         getattr(self, "_qwen3vl_nap_growth", NAP_GROWTH)))
+            _sleep(nap_s(since, self._qwen3vl_nap_s, self._qwen3vl_nap_max_s, self._qwen3vl_nap_growth))
             return None
         return original_wait(self, timeout_ms)  # vLLM's idle mode: its notification socket
 

@@ -79,6 +79,7 @@ class _FakeReader:
     def __init__(self, since: float):
         self.is_reader, self.busy_loop_s = True, 1
         self._qwen3vl_spin_s, self._qwen3vl_nap_s = 0.002, shm_spin.NAP_S
+        self._qwen3vl_nap_max_s, self._qwen3vl_nap_growth = shm_spin.NAP_MAX_S, shm_spin.NAP_GROWTH
         self.last_read = __import__("time").monotonic() - since
         self.polled = []
         self.read_cancel_socket = self.local_notify_socket = object()
@@ -94,15 +95,15 @@ def test_readers_spin_then_nap_then_wait_as_vllm_does(monkeypatch):
     monkeypatch.setattr(shm_spin, "_sleep", lambda s: calls.append(("nap", s)))
     wait = shm_broadcast.SpinCondition.wait
     wait(_FakeReader(since=0.0), timeout_ms=7)  # just read: spin
-    wait(_FakeReader(since=0.5), timeout_ms=7)  # inside vLLM's 1 s window: nap
-    assert calls == ["spin", ("nap", shm_spin.NAP_S)]
+    wait(_FakeReader(since=0.5), timeout_ms=7)  # inside vLLM's 1 s window: nap, grown to its cap
+    assert calls == ["spin", ("nap", shm_spin.NAP_MAX_S)]
     idle = _FakeReader(since=5.0)
     wait(idle, timeout_ms=7)  # past it: vLLM's idle mode, its notification poll
-    assert calls == ["spin", ("nap", shm_spin.NAP_S)] and idle.polled == [7]
+    assert calls == ["spin", ("nap", shm_spin.NAP_MAX_S)] and idle.polled == [7]
     unset = _FakeReader(since=0.5)
     unset._qwen3vl_spin_s = None  # variable unset: vLLM's own wait (it spins within 1 s)
     wait(unset, timeout_ms=7)
-    assert calls == ["spin", ("nap", shm_spin.NAP_S), "spin"] and unset.polled == []
+    assert calls == ["spin", ("nap", shm_spin.NAP_MAX_S), "spin"] and unset.polled == []
 
 
 def test_cpu_defaults_set_the_busy_loop_and_keep_the_users(clean_env):
