@@ -11,7 +11,9 @@ Shapes, all giving the same vector (checked at the start: cosine to the first sh
 
 ``--variant NAME:ENV=VALUE[,ENV=VALUE]`` (repeatable) starts one plugin server per variant, with
 those environment overrides, and measures each in turn while the others are paused
-(``run.paused``), so settings are compared within one run on this shared machine. Fresh texts
+(``run.paused``), so settings are compared within one run on this shared machine. ``--plain``
+adds plain vLLM with the hand flags (``run.plain_args``), sent the ``messages`` shape only (the
+one that gives the reference's vector there), as the variant ``plain``. Fresh texts
 (``frontend.make_items``) per round and level; rounds alternate the order. Reports the server's
 CPU per text by process (``psutil``) and texts/s, medians and ranges, to JSON. Nothing is
 asserted on speed.
@@ -19,6 +21,7 @@ asserted on speed.
     .venv/bin/python benchmarks/text_paths.py --rounds 4 --out benchmarks/results/text-paths
     .venv/bin/python benchmarks/text_paths.py --shapes input --requests 240 \
         --variant pool:QWEN3VL_INLINE_RENDER_CHARS=0 --variant inline:
+    .venv/bin/python benchmarks/text_paths.py --shapes input --plain --variant plugin:
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(HERE.parent))
 PATHS = {"input": "plugin", "messages": "plain", "raw": "plugin"}  # request shape -> frontend.bodies' side
 LEVELS = (1, 8)
 REQUESTS = 96
+PLAIN = "plain"  # the variant name of plain vLLM (--plain), measured with the messages shape only
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,20 +68,28 @@ def shape_bodies(shape: str, items: list, model: str, base_url: str) -> list[dic
     return reqs
 
 
+def variant_shapes(name: str, shapes: tuple) -> tuple:
+    """The shapes a variant is sent: plain vLLM only ``messages`` (its ``input`` is not the
+    reference's vector, and it has no ``raw_prompt``)."""
+    return ("messages",) if name == PLAIN else shapes
+
+
 def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS,
-        shapes: tuple = tuple(PATHS), variants: dict | None = None) -> dict:
+        shapes: tuple = tuple(PATHS), variants: dict | None = None, plain: bool = False) -> dict:
     """``variants``: name -> environment overrides, one plugin server each (None: one server as
-    configured). Servers not being measured are paused (``run.paused``); rounds alternate the
-    order of variants and shapes."""
+    configured); ``plain``: plain vLLM beside them (variant ``PLAIN``). Servers not being
+    measured are paused (``run.paused``); rounds alternate the order of variants and shapes."""
     import contextlib
 
     import frontend
-    from qwen3vl_vllm.ops.launcher import ServerProcess
+    from qwen3vl_vllm.ops.launcher import ServerProcess, free_port
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
-    from run import SIZING, paused, served_model, server_env
+    from run import SIZING, paused, plain_args, served_model, server_env
 
     ckpt = str(ensure_checkpoint(HERE.parent / ".cache" / "checkpoints", kind="embedding", size="tiny"))
-    variants = variants or {"": {}}
+    variants = dict(variants or {"": {}})
+    if PLAIN in variants:
+        raise SystemExit(f"--variant {PLAIN!r} is the name --plain uses; pick another")
     rows: dict[str, list[dict]] = {}
     worst: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -86,17 +98,23 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
             log = out / (f"server-{name}.log" if name else "server.log")
             servers[name] = stack.enter_context(
                 ServerProcess(ckpt, extra_args=SIZING, env=dict(server_env(), **env), log_path=log))
-        model = served_model(next(iter(servers.values())).base_url)
+        if plain:
+            port = free_port()
+            servers[PLAIN] = stack.enter_context(ServerProcess(
+                ckpt, port=port, env=dict(server_env(), VLLM_PLUGINS="__none__"),
+                log_path=out / f"server-{PLAIN}.log", full_args=plain_args("embedding", ckpt, port)))
+            variants[PLAIN] = {"VLLM_PLUGINS": "__none__"}
+        models = {name: served_model(srv.base_url) for name, srv in servers.items()}
         probe = frontend.make_items("text", 4, 4999, out / "media")
         reference = None
         for name, srv in servers.items():
-            for shape in shapes:
-                vecs = frontend.answers(srv.base_url, "/embeddings", shape_bodies(shape, probe, model, srv.base_url))
+            for shape in variant_shapes(name, shapes):
+                vecs = frontend.answers(srv.base_url, "/embeddings", shape_bodies(shape, probe, models[name], srv.base_url))
                 reference = reference or vecs
                 worst[f"{name} {shape}".strip()] = frontend.agreement("text", vecs, reference)
         print(f"[text_paths] worst cosine to the first path: {worst}")
         for r in range(rounds):
-            order = [(name, shape) for name in variants for shape in shapes]
+            order = [(name, shape) for name in variants for shape in variant_shapes(name, shapes)]
             for name, shape in (order if r % 2 == 0 else order[::-1]):
                 srv = servers[name]
                 with contextlib.ExitStack() as pause:
@@ -105,7 +123,7 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
                             pause.enter_context(paused(o))
                     for c in levels:
                         items = frontend.make_items("text", requests, 5000 + 10 * r + c, out / "media")
-                        reqs = shape_bodies(shape, items, model, srv.base_url)
+                        reqs = shape_bodies(shape, items, models[name], srv.base_url)
                         rows.setdefault(f"{name} {shape} c={c}".strip(), []).append(
                             frontend.measure_server(srv, "/embeddings", reqs, 1, c))
     return {"rounds": rounds, "requests_per_level": requests, "variants": variants,
@@ -133,11 +151,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=list(PATHS), choices=list(PATHS), help="request shapes")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE[,ENV=VALUE]",
                     help="a plugin server with these environment overrides (repeat to compare)")
+    ap.add_argument("--plain", action="store_true",
+                    help=f"also plain vLLM with the hand flags (variant {PLAIN!r}, messages shape)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = run(out, args.rounds, args.requests, tuple(args.levels), tuple(args.shapes),
-              dict(_variant(v) for v in args.variant) or None)
+              dict(_variant(v) for v in args.variant) or None, plain=args.plain)
     (out / "text_paths.json").write_text(json.dumps(res, indent=1))
     for key, row in res["rows"].items():
         cpu, api = row["cpu_ms_per_item"], row["by_process"].get("api_server", {"median": float("nan")})

@@ -420,6 +420,9 @@ def test_text_paths_sends_every_request_shape(tmp_path):
     assert text_paths._variant("base:") == ("base", {})
     with pytest.raises(SystemExit, match="NAME:ENV=VALUE"):
         text_paths._variant("bad:A")
+    # plain vLLM gets only the shape that gives the reference's vector there
+    assert text_paths.variant_shapes(text_paths.PLAIN, ("input", "raw")) == ("messages",)
+    assert text_paths.variant_shapes("spin5", ("input", "raw")) == ("input", "raw")
 
 
 def test_middleware_cost_measures_answered_requests_through_every_middleware(monkeypatch):
