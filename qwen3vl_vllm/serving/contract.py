@@ -117,6 +117,12 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol(("vllm.entrypoints.pooling.base.io_processor",), "PoolingIOProcessor.__init__", (),
            "render on the request's context, short texts on the event loop (wrapped; reads .render "
            "and ._executor; a completion prompt is a dict with 'prompts')"),
+    Symbol(("vllm.entrypoints.pooling.base.serving",), "PoolingBaseServing.__init__", (),
+           "small responses built on the event loop (wrapped, inline_response; reads "
+           "._postprocessing and ._postprocessing_async(io_processor, ctx), ctx.final_res_batch "
+           "[i].outputs.data)"),
+    Symbol(("vllm.entrypoints.pooling.base.serving",), "PoolingBaseServing._postprocessing",
+           ("io_processor", "ctx"), "called on the event loop for small responses (inline_response)"),
     Symbol(("vllm.renderers.base",), "BaseRenderer._process_multimodal",
            ("prompt", "mm_data", "mm_uuids", "mm_processor_kwargs"), "video fitting (wrapped)", where="all"),
     Symbol(("vllm.renderers.base",), "BaseRenderer._process_tokens", ("prompt",), "video-fit reports (wrapped)", where="all"),

@@ -152,6 +152,12 @@ def _patch_cpu_input_norm():
     return cpu_input_norm.patch() or True
 
 
+def _patch_inline_response():
+    from qwen3vl_vllm.serving import inline_response
+
+    return inline_response.patch() or True
+
+
 def _patch_video_fit():
     from qwen3vl_vllm.serving import video_fit_hook
 
@@ -179,6 +185,7 @@ def register() -> None:
     _install("input-string templating", _patch_embed_inputs)
     _install("reranker truncation", _patch_score_truncation)
     _install("video fitting", _patch_video_fit)
+    _install("small responses on the event loop", _patch_inline_response)
     _install("shm busy loop", _patch_shm_spin)
     _install("CPU pixel normalisation", _patch_cpu_input_norm)
     if not _STATE["tested"]:

@@ -83,19 +83,40 @@ INLINE_RENDER_ENV = "QWEN3VL_INLINE_RENDER_CHARS"
 INLINE_RENDER_CHARS = 2000
 
 
-def inline_render_chars(environ=None) -> int:
-    """The bound in effect (``INLINE_RENDER_ENV`` else ``INLINE_RENDER_CHARS``); a bad value is
-    refused by name."""
+def _bound(environ, env: str, default: int, unit: str) -> int:
+    """A whole-number bound from ``env`` (else ``default``); a bad value is refused by name."""
     import os
 
-    raw = (environ if environ is not None else os.environ).get(INLINE_RENDER_ENV, "")
+    raw = (environ if environ is not None else os.environ).get(env, "")
     if raw.strip() == "":
-        return INLINE_RENDER_CHARS
+        return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{INLINE_RENDER_ENV}={raw!r} is not a whole number of characters; "
-                         f"use e.g. {INLINE_RENDER_ENV}=0 (always the thread pool)") from None
+        raise ValueError(f"{env}={raw!r} is not a whole number of {unit}; "
+                         f"use e.g. {env}=0 (always the thread pool)") from None
     if value < 0:
-        raise ValueError(f"{INLINE_RENDER_ENV}={raw!r} must be >= 0")
+        raise ValueError(f"{env}={raw!r} must be >= 0")
     return value
+
+
+def inline_render_chars(environ=None) -> int:
+    """The bound in effect (``INLINE_RENDER_ENV`` else ``INLINE_RENDER_CHARS``); a bad value is
+    refused by name."""
+    return _bound(environ, INLINE_RENDER_ENV, INLINE_RENDER_CHARS, "characters")
+
+
+# A pooling response of at most this many values (embedding floats, scores) is built on the
+# event loop instead of vLLM's thread pool (``inline_response``): turning a few thousand floats
+# into JSON holds the GIL wherever it runs, so the pool adds only its hand-off, the thread's
+# wake-up and the loop's. 4,096 is one 8B embedding or two 2B ones; larger responses (batches)
+# keep the pool. QWEN3VL_INLINE_RESPONSE_VALUES=N sets another bound; 0 builds every response
+# on the pool.
+INLINE_RESPONSE_ENV = "QWEN3VL_INLINE_RESPONSE_VALUES"
+INLINE_RESPONSE_VALUES = 4096
+
+
+def inline_response_values(environ=None) -> int:
+    """The bound in effect (``INLINE_RESPONSE_ENV`` else ``INLINE_RESPONSE_VALUES``); a bad value
+    is refused by name."""
+    return _bound(environ, INLINE_RESPONSE_ENV, INLINE_RESPONSE_VALUES, "values")

@@ -15,7 +15,7 @@ from qwen3vl_vllm.prompts.engine import chat_template_text
 from qwen3vl_vllm.prompts.inputs import embedding_conversation
 from qwen3vl_vllm.prompts.render import DirectTemplate
 from qwen3vl_vllm.serving import embed_inputs as E
-from qwen3vl_vllm.serving import settings, shm_spin, video_fit_hook
+from qwen3vl_vllm.serving import inline_response, settings, shm_spin, video_fit_hook
 
 PIECES = ["cat", "日本語", "émoji 🐈", "{{ x }}", "{% raw %}", "<|im_end|>", "<|im_start|>user", "\n", "\t",
           "  ", "NULL", "end.", "?", "'quote'", '"dq"', "\\n", "a" * 300]
@@ -157,3 +157,75 @@ def test_naps_grow_with_the_wait_up_to_their_cap():
     assert shm_spin.nap_s(0.5, 0.0001, 0.001) == 0.001
     assert shm_spin.nap_s(0.5, 0.0001, 0.0001) == 0.0001  # cap = first nap: a fixed nap
     assert (shm_spin.NAP_S, shm_spin.NAP_MAX_S, shm_spin.NAP_GROWTH) == (0.0001, 0.001, 0.05)
+
+
+def _ctx(*sizes, data=True):
+    """A pooling context whose outputs hold tensors of these sizes (``data=False``: no tensor)."""
+    import torch
+
+    outs = [types.SimpleNamespace(outputs=types.SimpleNamespace(data=torch.zeros(n) if data else None))
+            for n in sizes]
+    return types.SimpleNamespace(final_res_batch=outs)
+
+
+def test_response_values_count_the_pooled_tensors():
+    assert inline_response.response_values(_ctx(2048)) == 2048
+    assert inline_response.response_values(_ctx(1, 1, 1)) == 3  # three rerank scores
+    assert inline_response.response_values(_ctx(64, 64)) == 128
+    assert inline_response.response_values(_ctx()) is None  # nothing collected: the pool
+    assert inline_response.response_values(_ctx(4, data=False)) is None  # not a tensor: the pool
+    assert inline_response.response_values(types.SimpleNamespace()) is None
+    assert settings.inline_response_values({}) == settings.INLINE_RESPONSE_VALUES == 4096
+    assert settings.inline_response_values({settings.INLINE_RESPONSE_ENV: "0"}) == 0
+    for bad in ("lots", "-1", "2.5"):
+        with pytest.raises(ValueError, match=settings.INLINE_RESPONSE_ENV):
+            settings.inline_response_values({settings.INLINE_RESPONSE_ENV: bad})
+
+
+def test_small_responses_are_built_on_the_loop_and_large_ones_on_the_pool():
+    """The same method builds every response; at most ``limit`` values it runs at once on the
+    loop's thread, above it (or with no bound) through vLLM's pooled wrapper; an error reaches
+    the await either way."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = []
+
+    def postprocess(io_processor, ctx):
+        threads.append(threading.current_thread().name)
+        if io_processor == "bad":
+            raise ValueError("input[0]: no output")
+        return ("response", inline_response.response_values(ctx))
+
+    async def go(limit):
+        with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+            loop = asyncio.get_running_loop()
+
+            async def pooled(io_processor, ctx):
+                return await loop.run_in_executor(pool, postprocess, io_processor, ctx)
+
+            build = inline_response.postprocessing_async_for(postprocess, pooled, limit)
+            small = await build("embed", _ctx(2048))
+            large = await build("embed", _ctx(4096, 4096))
+            with pytest.raises(ValueError, match="no output"):
+                await build("bad", _ctx(8))
+            unknown = await build("embed", _ctx(8, data=False))
+            return small, large, unknown
+
+    assert asyncio.run(go(4096)) == (("response", 2048), ("response", 8192), ("response", None))
+    here = threading.current_thread().name
+    assert threads[0] == threads[2] == here
+    assert threads[1].startswith("pool") and threads[3].startswith("pool")
+    threads.clear()
+    asyncio.run(go(0))
+    assert len(threads) == 4 and all(t.startswith("pool") for t in threads)
+
+
+def test_the_inline_response_patch_is_idempotent_and_keeps_vllms_method():
+    from vllm.entrypoints.pooling.base.serving import PoolingBaseServing
+
+    first = inline_response.patch()
+    assert inline_response.patch() is None  # already installed in this process
+    init = PoolingBaseServing.__init__
+    assert getattr(init, inline_response._SENTINEL) and init.__wrapped__ is not init
+    assert first is None or "PoolingBaseServing.__init__" in first
