@@ -66,7 +66,7 @@ def test_the_figures_are_the_committed_runs(site):
     assert f"{index['rows']['local']['vs_process']['median']:.2f}x" in corpus
     cost = (site / "serving-cost" / "index.html").read_text()
     published = ROOT / "benchmarks" / "published" / "2026-12-03-serving"  # the account's run
-    front = json.loads((ROOT / "benchmarks" / "published" / "2026-12-03-texts" / "frontend.json").read_text())
+    front = json.loads((ROOT / "benchmarks" / "published" / "2026-12-03-responses" / "frontend.json").read_text())
     assert f"Run of {front['date']}" in cost
     cell = front["kinds"]["photo-512"]["sides"]["plugin"]["8"]["cpu_ms_per_item"]["median"]
     assert f"{cell:.2f}" in cost
@@ -100,7 +100,7 @@ def test_the_readme_gpu_table_is_the_published_runs():
     spec = importlib.util.spec_from_file_location("gpu_paper", ROOT / "benchmarks" / "gpu_paper.py")
     gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu)
-    run = json.loads((ROOT / "benchmarks" / "published" / "2026-12-03-texts" / "frontend.json").read_text())
+    run = json.loads((ROOT / "benchmarks" / "published" / "2026-12-03-responses" / "frontend.json").read_text())
     table = [line for line in gpu.markdown(gpu.table(run)).splitlines() if line.startswith("|")]
     readme = (ROOT / "README.md").read_text()
     assert len(table) == 2 + len(run["kinds"])
