@@ -3,8 +3,9 @@
 Why: ``tokenizer.apply_chat_template`` compiles (cached) and renders the template, but its
 argument handling costs ~60 us a prompt; vLLM's chat path adds message parsing, the content
 format rules and its multimodal tracker on top (``benchmarks/text_paths.py``, c = 8: 2.52 ms
-of API server CPU per short text rendered here against 2.68 ms through the chat path). For a conversation of text parts the prompt is just the
-template's output, so the offline API and the server's ``input`` strings render it here.
+of API server CPU per short text rendered here against 2.68 ms through the chat path). For a
+conversation of text parts the prompt is just the template's output, so the offline API and the
+server's ``input`` strings render it here.
 
 The direct render uses transformers' own compiler and sandbox (``_compile_jinja_template``) with
 the arguments ``apply_chat_template`` passes (the messages, ``add_generation_prompt`` and the

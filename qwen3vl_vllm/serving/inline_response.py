@@ -2,11 +2,11 @@
 
 Why: vLLM's pooling endpoints build every response (``PoolingBaseServing._postprocessing``: the
 pooled tensors to lists, the JSON body) on the renderer's thread pool. For one embedding that is
-a few hundred microseconds of work that holds the GIL wherever it runs, so the pool buys no
-parallelism; it costs a ``submit``, a thread wake-up, the hand-back to the loop, and GIL
-hand-offs with the loop thread. py-spy (``--gil``) over 2,400 short texts at c = 8 on the tiny
-checkpoint: ``ThreadPoolExecutor.submit`` alone was 4 % of the API server's GIL time and the
-thread's work 5 %. A response of at most ``settings.INLINE_RESPONSE_VALUES`` values (4,096; env
+little work, and it holds the GIL wherever it runs, so the pool buys no parallelism; it costs a
+``submit``, a thread wake-up, the hand-back to the loop, and GIL hand-offs with the loop thread.
+py-spy (``--gil``) over 2,400 short texts at c = 8 on the tiny checkpoint:
+``ThreadPoolExecutor.submit`` alone was 4 % of the API server's GIL time and the thread's work 5 %.
+A response of at most ``settings.INLINE_RESPONSE_VALUES`` values (4,096; env
 ``QWEN3VL_INLINE_RESPONSE_VALUES``, 0 = always the pool) is now built at once on the loop, in
 the request's own context; larger ones (batches) keep the pool, so the loop never stalls on a
 big body. The response is the same object either way: the same method builds it.

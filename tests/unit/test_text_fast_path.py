@@ -221,11 +221,37 @@ def test_small_responses_are_built_on_the_loop_and_large_ones_on_the_pool():
     assert len(threads) == 4 and all(t.startswith("pool") for t in threads)
 
 
-def test_the_inline_response_patch_is_idempotent_and_keeps_vllms_method():
+def test_the_inline_response_patch_wraps_each_servers_postprocessing_once(monkeypatch):
+    """On a stand-in for vLLM's ``__init__`` (the real one needs an engine): after the patch a
+    server's ``_postprocessing_async`` builds a small response on the loop's thread with the
+    server's own ``_postprocessing`` and sends a large one to the async method vLLM set; a
+    second ``patch()`` changes nothing."""
+    import threading
+
     from vllm.entrypoints.pooling.base.serving import PoolingBaseServing
 
-    first = inline_response.patch()
-    assert inline_response.patch() is None  # already installed in this process
-    init = PoolingBaseServing.__init__
-    assert getattr(init, inline_response._SENTINEL) and init.__wrapped__ is not init
-    assert first is None or "PoolingBaseServing.__init__" in first
+    def vllms_init(self):
+        async def pooled(io_processor, ctx):
+            return "pooled"
+        self._postprocessing_async = pooled
+
+    def postprocessing(self, io_processor, ctx):
+        return ("inline", threading.current_thread().name)
+
+    monkeypatch.setattr(PoolingBaseServing, "__init__", vllms_init)
+    monkeypatch.setattr(PoolingBaseServing, "_postprocessing", postprocessing)
+    monkeypatch.delenv(settings.INLINE_RESPONSE_ENV, raising=False)
+    assert "PoolingBaseServing.__init__" in inline_response.patch()
+    wrapped = PoolingBaseServing.__init__
+    assert inline_response.patch() is None and PoolingBaseServing.__init__ is wrapped
+    assert wrapped.__wrapped__ is vllms_init
+    class Server(PoolingBaseServing):  # concrete: vLLM's class leaves these abstract
+        _build_response = get_io_processor = None
+
+    server = Server()
+
+    async def go():
+        return (await server._postprocessing_async("embed", _ctx(2048)),
+                await server._postprocessing_async("embed", _ctx(4096, 1)))
+
+    assert asyncio.run(go()) == (("inline", threading.current_thread().name), "pooled")
