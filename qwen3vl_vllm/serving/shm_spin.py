@@ -1,4 +1,5 @@
-"""vLLM's step queue readers on a CPU server: spin 2 ms, then nap, instead of spinning 1 s.
+"""vLLM's step queue readers on a CPU server: spin 2 ms, then sleep until the next write, instead
+of spinning 1 s.
 
 Why: vLLM's executor hands each step to its worker, and the results back, through a
 shared-memory ring (``shm_broadcast.MessageQueue``). A reader that has read in the last
@@ -44,6 +45,14 @@ vLLM's own idle mode (a zmq notification per write, ``SpinCondition.wait`` past 
 window) was also tried right after the spin: the server's prompt throughput fell from ~3,700
 to ~82 tokens/s, as if the readers slept until a poll timed out (not looked into further).
 
+Past the spin a reader now sleeps on its queue's wake word (``shm_wake``: a futex the writer
+bumps after each write, ``notify``), at most ``WAKE_TIMEOUT_S`` at a time, instead of napping;
+it naps as above where the word is missing (a writer without the plugin) or with
+``QWEN3VL_SHM_WAKE=0``. A write reached a waiting reader in another process 141 against 259 us
+after 8 ms of quiet, 47 against 89 us after 1 ms (``benchmarks/handoff.py``, 3 rounds of 300;
+spinning: 33 and 6 us). On a server the effect is within the rounds' noise
+(``2026-12-04-wake/``): see docs/serving-cost.md.
+
 Example::
 
     QWEN3VL_SHM_BUSY_LOOP_S=0.001 vllm serve Qwen/Qwen3-VL-Embedding-2B   # spin for 1 ms
@@ -65,6 +74,8 @@ NAP_MAX_ENV = "QWEN3VL_SHM_NAP_MAX_S"
 NAP_MAX_S = 0.001  # the longest nap, reached as the wait goes on (NAP_GROWTH of the time waited)
 NAP_GROWTH_ENV = "QWEN3VL_SHM_NAP_GROWTH"
 NAP_GROWTH = 0.05  # a nap is at most this share of the time since the last read: <= 5 % added wait
+WAKE_ENV = "QWEN3VL_SHM_WAKE"  # 1 (default): past the spin, sleep on the queue's wake word; 0: nap
+WAKE_TIMEOUT_S = 0.005  # the longest sleep on the wake word: a wake is never what progress relies on
 _SENTINEL = "_qwen3vl_vllm_busy_loop"
 _sleep = time.sleep  # a name of this module's own (tests replace it, not time.sleep)
 
@@ -92,24 +103,28 @@ def nap_s(since: float, nap: float, nap_max: float, growth: float = NAP_GROWTH) 
 
 
 def patch() -> str | None:
-    """Wrap ``SpinCondition.__init__`` and ``.wait`` so readers spin for ``ENV``'s seconds after
-    their last read, then nap (``NAP_S`` sleeps) for the rest of vLLM's busy window, then wait
-    on its notification socket as vLLM does. Nothing changes while ``ENV`` is unset.
-    Idempotent: None when already installed in this process."""
+    """Wrap ``SpinCondition.__init__``, ``.wait``, ``.record_read`` and ``.notify`` so readers
+    spin for ``ENV``'s seconds after their last read, then sleep on the queue's wake word (or
+    nap, without one) for the rest of vLLM's busy window, then wait on its notification socket
+    as vLLM does; the writer bumps the word after each write. Nothing changes while ``ENV`` is
+    unset. Idempotent: None when already installed in this process."""
     from vllm.distributed.device_communicators import shm_broadcast
 
     cls = shm_broadcast.SpinCondition
     original_init, original_wait = cls.__init__, cls.wait
+    original_record_read, original_notify = cls.record_read, cls.notify
     if getattr(original_init, _SENTINEL, False):
         return None
 
     @functools.wraps(original_init)
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
+    def __init__(self, is_reader, context, notify_address, *args, **kwargs):
+        original_init(self, is_reader, context, notify_address, *args, **kwargs)
         self._qwen3vl_spin_s = busy_loop_s()
         self._qwen3vl_nap_s = float(os.environ.get(NAP_ENV) or NAP_S)
         self._qwen3vl_nap_max_s = max(self._qwen3vl_nap_s, float(os.environ.get(NAP_MAX_ENV) or NAP_MAX_S))
         self._qwen3vl_nap_growth = float(os.environ.get(NAP_GROWTH_ENV) or NAP_GROWTH)
+        self._qwen3vl_wake = _wake_word(is_reader, notify_address, self._qwen3vl_spin_s)
+        self._qwen3vl_seen = self._qwen3vl_wake.seq() if self._qwen3vl_wake is not None else 0
 
     @functools.wraps(original_wait)
     def wait(self, timeout_ms=None):
@@ -119,11 +134,57 @@ def patch() -> str | None:
         since = time.monotonic() - self.last_read
         if since <= spin:
             return shm_broadcast.sched_yield()
-        if since <= self.busy_loop_s:  # vLLM's busy window: nap instead of spinning
-            _sleep(nap_s(since, self._qwen3vl_nap_s, self._qwen3vl_nap_max_s, self._qwen3vl_nap_growth))
+        if since <= self.busy_loop_s:  # vLLM's busy window: sleep on the wake word, or nap
+            word = getattr(self, "_qwen3vl_wake", None)
+            if word is not None:
+                try:
+                    word.sleep(self._qwen3vl_seen, min(WAKE_TIMEOUT_S, self.busy_loop_s - since + 1e-4))
+                except Exception as exc:  # noqa: BLE001 - speed only: never stop a reader for it
+                    logger.warning("step queue wake word failed (%s); this reader naps from now on", exc)
+                    self._qwen3vl_wake = None
+                    return None
+                self._qwen3vl_seen = word.seq()  # before the caller's next look at the ring
+            else:
+                _sleep(nap_s(since, self._qwen3vl_nap_s, self._qwen3vl_nap_max_s, self._qwen3vl_nap_growth))
             return None
         return original_wait(self, timeout_ms)  # vLLM's idle mode: its notification socket
 
+    @functools.wraps(original_record_read)
+    def record_read(self):
+        original_record_read(self)
+        word = getattr(self, "_qwen3vl_wake", None)
+        if word is not None:
+            self._qwen3vl_seen = word.seq()
+
+    @functools.wraps(original_notify)
+    def notify(self):
+        word = getattr(self, "_qwen3vl_wake", None)
+        if word is not None:
+            word.bump()
+        return original_notify(self)
+
     setattr(__init__, _SENTINEL, True)
-    cls.__init__, cls.wait = __init__, wait
-    return "shm_broadcast.SpinCondition.__init__, .wait"
+    cls.__init__, cls.wait, cls.record_read, cls.notify = __init__, wait, record_read, notify
+    return "shm_broadcast.SpinCondition.__init__, .wait, .record_read, .notify"
+
+
+def wake_enabled(environ=None) -> bool:
+    """``WAKE_ENV`` unset or 1: on; 0: readers nap as before (an A/B and an escape hatch)."""
+    raw = (environ if environ is not None else os.environ).get(WAKE_ENV, "1").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"{WAKE_ENV}={raw!r}: use 1 (sleep on the wake word) or 0 (nap)")
+    return raw == "1"
+
+
+def _wake_word(is_reader: bool, address: str, spin_s: float | None):
+    """The writer makes the queue's wake word, its readers find it; None where ``ENV`` is unset
+    (vLLM's own wait), ``WAKE_ENV=0``, or no word can be had (the readers nap)."""
+    from qwen3vl_vllm.serving import shm_wake
+
+    if spin_s is None or not wake_enabled():
+        return None
+    try:
+        return shm_wake.WakeWord.attach(address) if is_reader else shm_wake.WakeWord.create(address)
+    except OSError as exc:
+        logger.warning("step queue wake word for %s unavailable (%s); its readers nap instead", address, exc)
+        return None

@@ -132,7 +132,8 @@ def test_the_busy_loop_never_gates_start_up():
     from qwen3vl_vllm.serving import contract
 
     entries = [s for s in contract.SYMBOLS if "shm_broadcast" in s.label]
-    assert {s.name for s in entries} == {"SpinCondition.__init__", "SpinCondition.wait", "sched_yield"}
+    assert {s.name for s in entries} == {"SpinCondition.__init__", "SpinCondition.wait", "SpinCondition.record_read",
+                                         "SpinCondition.notify", "sched_yield"}
     assert all(s.optional for s in entries)
 
 
