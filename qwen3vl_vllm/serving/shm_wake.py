@@ -3,14 +3,16 @@
 Why: past its short spin (``shm_spin``), a reader of vLLM's shared-memory step queue used to nap
 and look again, so each hand-off after an idle moment waited for the rest of a nap. Measured
 between two processes on this 2-core machine (``benchmarks/handoff.py``): a reader napping as
-``shm_spin`` naps saw a write ~250 us after it was made when writes came 8 ms apart, one asleep on
-this word ~100 us, a spinning one ~12 us. At one request at a time each request makes two such
+``shm_spin`` naps saw a write 259 us after it was made when writes came 8 ms apart, one asleep on
+this word 141 us, a spinning one 33 us (medians, ``2026-12-04-wake/handoff.json``). At one request at a time each request makes two such
 hand-offs (the step to the worker, its result back to the engine core).
 
 The word lives in a shared-memory page of its own (``/dev/shm``), named from the queue's
-notification address (which the writer and its readers share through vLLM's handle). The writer
-makes it with the queue and removes it when the queue goes (its resource tracker, if the process
-is killed); a reader that finds none (a writer in a process without the plugin) naps as before.
+notification address (which the writer and its readers share through vLLM's handle) and the
+writer's pid. The writer makes it with the queue and removes it when the queue goes; a killed
+server leaves its pages (and vLLM's own ring buffers) behind, so each new word first removes the
+pages of creators that are gone. A reader that finds none (a writer in a process without the
+plugin) naps as before.
 Layout: ``seq`` (u32, the futex word, +1 per write) and ``sleepers`` (u32, set by a reader before
 it sleeps, cleared by the writer when it wakes them).
 
@@ -74,13 +76,48 @@ def available() -> bool:
     return _SYS_FUTEX is not None and os.path.isdir(DIR)
 
 
-def path_for(address: str) -> str:
-    return os.path.join(DIR, PREFIX + hashlib.blake2b(address.encode(), digest_size=12).hexdigest())
+def _stem(address: str) -> str:
+    """The names of a queue's word start with this; the creator's pid ends them."""
+    return PREFIX + hashlib.blake2b(address.encode(), digest_size=12).hexdigest() + "-"
+
+
+def find(address: str) -> str | None:
+    """The path of ``address``'s word, or None when no writer made one."""
+    stem = _stem(address)
+    names = [n for n in os.listdir(DIR) if n.startswith(stem)]
+    return os.path.join(DIR, names[0]) if names else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep() -> list[str]:
+    """Remove the words of creators that are gone (a killed server's tree takes its resource
+    tracker with it, and nothing else removes them). The names removed."""
+    gone = []
+    for name in os.listdir(DIR):
+        if not name.startswith(PREFIX):
+            continue
+        pid = name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.unlink(os.path.join(DIR, name))
+                gone.append(name)
+            except OSError:
+                pass
+    return gone
 
 
 class WakeWord:
     """The shared ``seq``/``sleepers`` pair of one queue. ``create`` on the writer's side (it
-    removes the file when collected or at exit), ``attach`` on a reader's (None when absent)."""
+    removes its page when collected or at exit), ``attach`` on a reader's (None when absent)."""
 
     def __init__(self, buf, path: str | None, owner=None):
         self._buf = buf
@@ -88,31 +125,27 @@ class WakeWord:
         self._sleepers = ctypes.c_uint32.from_buffer(buf, 4)
         self._addr = ctypes.addressof(self._seq)
         self.path = path
-        self._owner = owner
         self._finalizer = weakref.finalize(self, _remove, owner) if owner is not None else None
 
     @classmethod
     def create(cls, address: str) -> WakeWord | None:
-        """The writer's side: a POSIX shared-memory segment (``multiprocessing.shared_memory``,
-        so its resource tracker removes it even when this process is killed)."""
+        """The writer's side: a POSIX shared-memory page named from ``address`` and this
+        process's pid, after removing the pages of creators that are gone (``sweep``)."""
         if not available():
             return None
         from multiprocessing import shared_memory
 
-        name = os.path.basename(path_for(address))
-        try:
-            shm = shared_memory.SharedMemory(name=name, create=True, size=SIZE)
-        except FileExistsError:  # a queue's address is unique: a leftover of a killed process
-            _remove(shared_memory.SharedMemory(name=name))
-            shm = shared_memory.SharedMemory(name=name, create=True, size=SIZE)
-        return cls(shm.buf, path_for(address), owner=shm)
+        sweep()
+        shm = shared_memory.SharedMemory(name=f"{_stem(address)}{os.getpid()}", create=True, size=SIZE)
+        return cls(shm.buf, os.path.join(DIR, shm.name.lstrip("/")), owner=shm)
 
     @classmethod
     def attach(cls, address: str) -> WakeWord | None:
-        if not available():
+        path = find(address) if available() else None
+        if path is None:
             return None
         try:
-            fd = os.open(path_for(address), os.O_RDWR)
+            fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             return None
         try:

@@ -59,7 +59,7 @@ def test_a_write_wakes_a_sleeping_reader_in_another_thread(address):
     finally:
         reader.close()
         writer.close()
-    assert not os.path.exists(shm_wake.path_for(address))  # the writer's side removes its file
+    assert shm_wake.find(address) is None  # the writer's side removes its page
 
 
 def _child(address, conn):
@@ -87,6 +87,27 @@ def test_no_word_without_its_writer(address):
     assert shm_wake.WakeWord.attach(address) is None
 
 
+def test_a_new_word_removes_the_pages_of_killed_writers(address):
+    """A killed server's page (its creator's pid gone) is removed by the next create; a live
+    creator's page is kept."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    stale = os.path.join(shm_wake.DIR, f"{shm_wake._stem(address + '-old')}{dead}")
+    live = os.path.join(shm_wake.DIR, f"{shm_wake._stem(address + '-live')}{os.getppid()}")
+    for path in (stale, live):
+        with open(path, "wb") as f:
+            f.write(bytes(shm_wake.SIZE))
+    try:
+        writer = shm_wake.WakeWord.create(address)
+        assert not os.path.exists(stale) and os.path.exists(live)
+        assert writer.path.endswith(f"-{os.getpid()}") and shm_wake.find(address) == writer.path
+        writer.close()
+    finally:
+        for path in (stale, live):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 def test_the_wake_setting_is_refused_by_name():
     assert shm_spin.wake_enabled({}) and shm_spin.wake_enabled({shm_spin.WAKE_ENV: "1"})
     assert not shm_spin.wake_enabled({shm_spin.WAKE_ENV: "0"})
@@ -110,7 +131,7 @@ def test_vllms_spin_condition_writer_wakes_its_reader(address):
         os.environ[shm_spin.ENV] = "0.002"
         writer = shm_broadcast.SpinCondition(False, ctx, {address!r})
         reader = shm_broadcast.SpinCondition(True, ctx, {address!r})
-        out = [reader._qwen3vl_wake is not None, os.path.exists(shm_wake.path_for({address!r}))]
+        out = [reader._qwen3vl_wake is not None, shm_wake.find({address!r}) is not None]
         writer.notify()
         reader.record_read()
         out += [reader._qwen3vl_seen, reader._qwen3vl_wake.seq()]
@@ -132,7 +153,7 @@ def test_vllms_spin_condition_writer_wakes_its_reader(address):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == [True, True, 1, 1, ["woken"], 2, None]
-    assert not os.path.exists(shm_wake.path_for(address))  # removed when the writer's process ended
+    assert shm_wake.find(address) is None  # removed when the writer's process ended
 
 
 def test_handoff_benchmark_reports_every_way_and_gap(tmp_path):
