@@ -15,7 +15,10 @@ those environment overrides, and measures each in turn while the others are paus
 adds plain vLLM with the hand flags (``run.plain_args``), sent the ``messages`` shape only (the
 one that gives the reference's vector there), as the variant ``plain``. Fresh texts
 (``frontend.make_items``) per round and level; rounds alternate the order. Reports the server's
-CPU per text by process (``psutil``) and texts/s, medians and ranges, to JSON. Nothing is
+CPU per text by process (``psutil``) and texts/s, medians and ranges, to JSON, and each
+variant's texts/s over plain vLLM's (or the first variant's) paired round by round, with a 95 %
+bootstrap interval of the median ratio. Many short rounds (``--rounds 40 --requests 40``) pair
+the sides closer in time than a few long ones on a machine whose speed drifts. Nothing is
 asserted on speed.
 
     .venv/bin/python benchmarks/text_paths.py --rounds 4 --out benchmarks/results/text-paths
@@ -128,7 +131,37 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
                             frontend.measure_server(srv, "/embeddings", reqs, 1, c))
     return {"rounds": rounds, "requests_per_level": requests, "variants": variants,
             "worst_cosine_to_first": worst,
-            "rows": {key: frontend._level_summary(got) for key, got in rows.items()}}
+            "rows": {key: frontend._level_summary(got) for key, got in rows.items()},
+            "paired": paired(rows, plain)}
+
+
+def paired(rows: dict, plain: bool) -> dict:
+    """Each row's items/s over the first row's (or, with ``plain``, plain vLLM's) at the same
+    level, round by round: drift slower than a round cancels in the ratio of a pair. With the
+    median of the ratios, a 95 % bootstrap interval of that median (``ci95``)."""
+    out = {}
+    for key, got in rows.items():
+        variant, level = key.rsplit(" c=", 1)
+        base = next((k for k in rows if k.endswith(f" c={level}") and (not plain or k.startswith(PLAIN + " "))), None)
+        if base is None or base == key:
+            continue
+        ratios = [a["items_per_s"] / b["items_per_s"] for a, b in zip(got, rows[base])]
+        out[f"{variant} / {base.rsplit(' c=', 1)[0]} c={level}"] = ratio_summary(ratios)
+    return out
+
+
+def ratio_summary(ratios: list[float], draws: int = 2000, seed: int = 0) -> dict:
+    """Median, range and a 95 % percentile-bootstrap interval of the median of paired ratios
+    (fixed seed: the same rounds give the same interval)."""
+    import random
+    import statistics
+
+    import frontend
+
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return dict(frontend.summarise(ratios), ci95=[medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]],
+                rounds=ratios)
 
 
 def _variant(text: str) -> tuple[str, dict]:
@@ -163,6 +196,9 @@ def main(argv=None) -> int:
         cpu, api = row["cpu_ms_per_item"], row["by_process"].get("api_server", {"median": float("nan")})
         print(f"{key:24s} {row['items_per_s']['median']:7.1f} texts/s, {cpu['median']:.2f} ms CPU per text "
               f"({cpu['min']:.2f}-{cpu['max']:.2f}), API server {api['median']:.2f} ms")
+    for key, row in res["paired"].items():
+        print(f"{key:40s} items/s ratio, paired by round: median {row['median']:.3f} "
+              f"(95 % interval {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}; range {row['min']:.3f}-{row['max']:.3f})")
     print(f"[text_paths] wrote {out}/text_paths.json")
     return 0
 

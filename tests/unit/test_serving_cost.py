@@ -426,6 +426,24 @@ def test_text_paths_sends_every_request_shape(tmp_path):
     assert text_paths.variant_shapes("spin5", ("input", "raw")) == ("input", "raw")
 
 
+def test_text_paths_pairs_each_variant_with_plain_round_by_round():
+    import text_paths
+
+    def rows(*rates):
+        return [{"items_per_s": r} for r in rates]
+
+    got = text_paths.paired({"a input c=1": rows(10, 30, 20), "plain messages c=1": rows(10, 20, 40),
+                             "a input c=8": rows(5, 5, 5), "plain messages c=8": rows(10, 10, 10)}, plain=True)
+    assert set(got) == {"a input / plain messages c=1", "a input / plain messages c=8"}
+    one = got["a input / plain messages c=1"]
+    assert one["rounds"] == [1.0, 1.5, 0.5] and one["median"] == 1.0 and (one["min"], one["max"]) == (0.5, 1.5)
+    assert 0.5 <= one["ci95"][0] <= 1.0 <= one["ci95"][1] <= 1.5
+    assert got["a input / plain messages c=8"]["ci95"] == [0.5, 0.5]  # no spread, no width
+    # without plain vLLM, against the first variant
+    alone = text_paths.paired({"a input c=1": rows(10, 10), "b input c=1": rows(20, 5)}, plain=False)
+    assert list(alone) == ["b input / a input c=1"] and alone["b input / a input c=1"]["rounds"] == [2.0, 0.5]
+
+
 def test_middleware_cost_measures_answered_requests_through_every_middleware(monkeypatch):
     import middleware_cost
     from qwen3vl_vllm.serving.settings import MIDDLEWARES
