@@ -53,6 +53,19 @@ after 8 ms of quiet, 47 against 89 us after 1 ms (``benchmarks/handoff.py``, 3 r
 spinning: 33 and 6 us). On a server the effect is within the rounds' noise
 (``2026-12-04-wake/``): see docs/serving-cost.md.
 
+A reader with a word also stops spinning where spinning does not pay: after ``SKIP_AFTER`` (2)
+waits in a row that each outlasted the spin, it sleeps on the word at once, until a wait is
+short again (or a read finds its step already written). The spin window counts from the last
+read, so the one reader that spun for nothing is the engine core's: at c = 8 it reads a step's
+results, schedules the next step within a fraction of a millisecond, and then spun ~2 ms of a
+forward that lasts several. The worker's step reader keeps its spin while steps follow each
+other closely. At c = 1 neither reader spins (each wait starts more than 2 ms after the last
+read). ``benchmarks/text_paths.py``, one plugin server each way, paused in turn, four runs on
+2026-12-06 (``2026-12-06-skip/``): skip/spin texts/s paired by round, pooled over 74 rounds,
+1.031 (95 % interval 1.003-1.060; 46 rounds above 1) at c = 8; engine core CPU per text 0.55 ->
+0.51 ms; 0.991 (0.964-1.053) over 64 rounds at c = 1, where nothing changes.
+``QWEN3VL_SHM_SKIP_SPIN=0`` spins every time.
+
 Example::
 
     QWEN3VL_SHM_BUSY_LOOP_S=0.001 vllm serve Qwen/Qwen3-VL-Embedding-2B   # spin for 1 ms
@@ -76,6 +89,8 @@ NAP_GROWTH_ENV = "QWEN3VL_SHM_NAP_GROWTH"
 NAP_GROWTH = 0.05  # a nap is at most this share of the time since the last read: <= 5 % added wait
 WAKE_ENV = "QWEN3VL_SHM_WAKE"  # 1 (default): past the spin, sleep on the queue's wake word; 0: nap
 WAKE_TIMEOUT_S = 0.005  # the longest sleep on the wake word: a wake is never what progress relies on
+SKIP_ENV = "QWEN3VL_SHM_SKIP_SPIN"  # 1 (default): a reader whose waits outlast the spin sleeps at once; 0: spins
+SKIP_AFTER = 2  # waits in a row longer than the spin, after which a reader stops spinning
 _SENTINEL = "_qwen3vl_vllm_busy_loop"
 _sleep = time.sleep  # a name of this module's own (tests replace it, not time.sleep)
 
@@ -125,14 +140,23 @@ def patch() -> str | None:
         self._qwen3vl_nap_growth = float(os.environ.get(NAP_GROWTH_ENV) or NAP_GROWTH)
         self._qwen3vl_wake = _wake_word(is_reader, notify_address, self._qwen3vl_spin_s)
         self._qwen3vl_seen = self._qwen3vl_wake.seq() if self._qwen3vl_wake is not None else 0
+        self._qwen3vl_skip = self._qwen3vl_wake is not None and skip_enabled()
+        self._qwen3vl_wait_from = None  # when this reader first found the ring empty since its read
+        self._qwen3vl_long = 0  # its waits in a row that outlasted the spin
 
     @functools.wraps(original_wait)
     def wait(self, timeout_ms=None):
         spin = getattr(self, "_qwen3vl_spin_s", None)
         if spin is None or not self.is_reader:
             return original_wait(self, timeout_ms)
-        since = time.monotonic() - self.last_read
-        if since <= spin:
+        now = time.monotonic()
+        since = now - self.last_read
+        skip = False
+        if getattr(self, "_qwen3vl_skip", False):
+            if self._qwen3vl_wait_from is None:
+                self._qwen3vl_wait_from = now
+            skip = self._qwen3vl_long >= SKIP_AFTER
+        if since <= spin and not skip:
             return shm_broadcast.sched_yield()
         if since <= self.busy_loop_s:  # vLLM's busy window: sleep on the wake word, or nap
             word = getattr(self, "_qwen3vl_wake", None)
@@ -152,6 +176,11 @@ def patch() -> str | None:
     @functools.wraps(original_record_read)
     def record_read(self):
         original_record_read(self)
+        if getattr(self, "_qwen3vl_skip", False):
+            start = self._qwen3vl_wait_from  # None: the step was there when the reader looked
+            waited = 0.0 if start is None else self.last_read - start
+            self._qwen3vl_long = self._qwen3vl_long + 1 if waited > self._qwen3vl_spin_s else 0
+            self._qwen3vl_wait_from = None
         word = getattr(self, "_qwen3vl_wake", None)
         if word is not None:
             self._qwen3vl_seen = word.seq()
@@ -173,6 +202,15 @@ def wake_enabled(environ=None) -> bool:
     raw = (environ if environ is not None else os.environ).get(WAKE_ENV, "1").strip()
     if raw not in ("0", "1"):
         raise ValueError(f"{WAKE_ENV}={raw!r}: use 1 (sleep on the wake word) or 0 (nap)")
+    return raw == "1"
+
+
+def skip_enabled(environ=None) -> bool:
+    """``SKIP_ENV`` unset or 1: a reader whose last ``SKIP_AFTER`` waits each outlasted its spin
+    sleeps on the wake word at once; 0: it always spins first (an A/B and an escape hatch)."""
+    raw = (environ if environ is not None else os.environ).get(SKIP_ENV, "1").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"{SKIP_ENV}={raw!r}: use 1 (skip the spin after long waits) or 0 (always spin)")
     return raw == "1"
 
 

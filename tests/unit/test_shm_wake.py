@@ -113,6 +113,9 @@ def test_the_wake_setting_is_refused_by_name():
     assert not shm_spin.wake_enabled({shm_spin.WAKE_ENV: "0"})
     with pytest.raises(ValueError, match="QWEN3VL_SHM_WAKE='yes'"):
         shm_spin.wake_enabled({shm_spin.WAKE_ENV: "yes"})
+    assert shm_spin.skip_enabled({}) and not shm_spin.skip_enabled({shm_spin.SKIP_ENV: "0"})
+    with pytest.raises(ValueError, match="QWEN3VL_SHM_SKIP_SPIN='on'"):
+        shm_spin.skip_enabled({shm_spin.SKIP_ENV: "on"})
 
 
 def test_vllms_spin_condition_writer_wakes_its_reader(address):
@@ -189,3 +192,61 @@ def test_a_failing_word_leaves_the_reader_napping(monkeypatch):
     assert reader._qwen3vl_wake is None and naps == []
     shm_broadcast.SpinCondition.wait(reader, timeout_ms=7)
     assert naps == [shm_spin.NAP_MAX_S]
+
+
+class _Word:
+    """A wake word that records the sleeps asked of it (and returns at once)."""
+
+    def __init__(self):
+        self.sleeps = []
+
+    def sleep(self, seen, timeout):
+        self.sleeps.append(timeout)
+        return "timeout"
+
+    def seq(self):
+        return 0
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_reader_whose_waits_outlast_the_spin_stops_spinning(monkeypatch, skip):
+    """After SKIP_AFTER waits in a row longer than the spin, a reader inside its spin window
+    sleeps on the word instead of spinning; one short wait (or a read with no wait at all)
+    brings the spin back. With QWEN3VL_SHM_SKIP_SPIN=0 it always spins first."""
+    import types
+
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    shm_spin.patch()
+    spins = []
+    monkeypatch.setattr(shm_broadcast, "sched_yield", lambda: spins.append(1))
+    word = _Word()
+    reader = types.SimpleNamespace(is_reader=True, busy_loop_s=1, last_read=time.monotonic(),
+                                   _qwen3vl_spin_s=0.002, _qwen3vl_wake=word, _qwen3vl_seen=0,
+                                   _qwen3vl_skip=skip, _qwen3vl_wait_from=None, _qwen3vl_long=0,
+                                   last_notify_poll=float("inf"))  # vLLM 0.33's record_read: no zmq poll
+    cls = shm_broadcast.SpinCondition
+
+    def one_wait(waited_s):
+        """A read right after the last one, found empty, and read ``waited_s`` later."""
+        reader.last_read = time.monotonic()
+        before = len(spins), len(word.sleeps)
+        cls.wait(reader, timeout_ms=1000)
+        if skip:  # the wait noted when it began; the read is then made to come waited_s after it
+            assert reader._qwen3vl_wait_from is not None
+            reader._qwen3vl_wait_from = time.monotonic() - waited_s
+        cls.record_read(reader)
+        return ("spin" if len(spins) > before[0] else "") + ("sleep" if len(word.sleeps) > before[1] else "")
+
+    got = [one_wait(0.010) for _ in range(shm_spin.SKIP_AFTER)]  # two long waits: still spun
+    got += [one_wait(0.0001)]  # the third slept at once; its wait was short
+    got += [one_wait(0.010)]  # so the next spun again
+    if not skip:
+        assert got == ["spin"] * 4
+        return
+    assert got == ["spin", "spin", "sleep", "spin"]
+    got = [one_wait(0.010), one_wait(0.010)]
+    reader._qwen3vl_wait_from = None
+    cls.record_read(reader)  # a read that found its step already written: a short wait
+    assert got == ["spin", "sleep"] and reader._qwen3vl_long == 0
+    assert word.sleeps and all(0 < t <= shm_spin.WAKE_TIMEOUT_S for t in word.sleeps)
