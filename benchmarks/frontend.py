@@ -359,6 +359,18 @@ def summarise(values: list[float]) -> dict:
     return {"median": statistics.median(v), "min": v[0], "max": v[-1], "n": len(v)}
 
 
+def ratio_summary(ratios: list[float], draws: int = 2000, seed: int = 0) -> dict:
+    """Median, range and a 95 % percentile-bootstrap interval of the median of paired ratios
+    (fixed seed: the same rounds give the same interval). Pairing by round cancels the drift of
+    this shared machine, which is slower than a round and larger than the gaps measured."""
+    import random
+
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return dict(summarise(ratios), ci95=[medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]],
+                rounds=ratios)
+
+
 def run(out: Path, *, rounds: int, kinds: list[str], logs: Path) -> dict:
     from qwen3vl_vllm.ops.launcher import ServerProcess, free_port
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
@@ -497,6 +509,10 @@ def derived(res: dict) -> dict:
                     row[f"plugin_vs_plain_items_c{c}"] = (sides["plugin"][c]["items_per_s"]["median"]
                                                           / sides["plain"][c]["items_per_s"]["median"])
                     row[f"plugin_vs_plain_cpu_c{c}"] = cpu / sides["plain"][c]["cpu_ms_per_item"]["median"]
+                    got = k.get("rounds", {})
+                    if "plugin" in got and "plain" in got:  # the two sides ran in the same round
+                        row[f"plugin_vs_plain_items_c{c}_paired"] = ratio_summary(
+                            [a["items_per_s"] / b["items_per_s"] for a, b in zip(got["plugin"][c], got["plain"][c])])
         out[kind] = row
     return out
 
@@ -521,6 +537,14 @@ def markdown(res: dict) -> str:
                     f"| {kind} | {s} | {label} | {ips['median']:.1f} ({ips['min']:.1f}–{ips['max']:.1f}) | "
                     f"{cpu['median']:.2f} ({cpu['min']:.2f}–{cpu['max']:.2f}) | {g('api_server', 'offline_driver')} | "
                     f"{g('engine_core')} | {g('worker')} | {same} | {cpu['median'] / off['batch']:.2f}× |")
+    paired = [(kind, c, row[f"plugin_vs_plain_items_c{c}_paired"]) for kind, row in derived(res).items()
+              for c in map(str, LEVELS) if f"plugin_vs_plain_items_c{c}_paired" in row]
+    if paired:
+        lines += ["", "| item | c | plugin / plain items/s, paired by round: median (95 % interval; range) | "
+                      "rounds above 1 |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {c} | {p['median']:.3f} ({p['ci95'][0]:.3f}–{p['ci95'][1]:.3f}; "
+                  f"{p['min']:.3f}–{p['max']:.3f}) | {sum(r > 1 for r in p['rounds'])} of {p['n']} |"
+                  for kind, c, p in paired]
     return "\n".join(lines)
 
 

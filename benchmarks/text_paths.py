@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from frontend import ratio_summary  # noqa: E402 - the name docs/serving-cost.md gives for the published files
+
 PATHS = {"input": "plugin", "messages": "plain", "raw": "plugin"}  # request shape -> frontend.bodies' side
 LEVELS = (1, 8)
 REQUESTS = 96
@@ -148,20 +150,6 @@ def paired(rows: dict, plain: bool) -> dict:
         ratios = [a["items_per_s"] / b["items_per_s"] for a, b in zip(got, rows[base])]
         out[f"{variant} / {base.rsplit(' c=', 1)[0]} c={level}"] = ratio_summary(ratios)
     return out
-
-
-def ratio_summary(ratios: list[float], draws: int = 2000, seed: int = 0) -> dict:
-    """Median, range and a 95 % percentile-bootstrap interval of the median of paired ratios
-    (fixed seed: the same rounds give the same interval)."""
-    import random
-    import statistics
-
-    import frontend
-
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
-    return dict(frontend.summarise(ratios), ci95=[medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]],
-                rounds=ratios)
 
 
 def _variant(text: str) -> tuple[str, dict]:

@@ -341,7 +341,10 @@ def _fake_result():
              "8": _level(15, 60.0, {"api_server": 9.0, "engine_core": 25.0, "worker": 26.0})}
     off = {"1": _level(25, 50.0, {"offline_driver": 50.0}), "8": _level(25, 40.0, {"offline_driver": 40.0}),
            "batch": _level(27, 20.0, {"offline_driver": 20.0})}
-    return {"kinds": {"photo-512": {"per_request": 1, "sides": {"plugin": plug, "plain": plain, "offline": off}}}}
+    rounds = {"plugin": {"1": [{"items_per_s": v} for v in (20, 30, 10)], "8": [{"items_per_s": 30}] * 3},
+              "plain": {"1": [{"items_per_s": v} for v in (10, 40, 10)], "8": [{"items_per_s": 15}] * 3}}
+    return {"kinds": {"photo-512": {"per_request": 1, "sides": {"plugin": plug, "plain": plain, "offline": off},
+                                    "rounds": rounds}}}
 
 
 def test_frontend_derived_and_tables(tmp_path):
@@ -352,7 +355,13 @@ def test_frontend_derived_and_tables(tmp_path):
     assert d["plugin_c8_overhead_ms"] == pytest.approx(30.0 - 40.0)
     assert d["plugin_c8_vs_offline"] == pytest.approx(0.75) and d["plugin_c8_vs_batched"] == pytest.approx(1.5)
     assert d["plugin_vs_plain_items_c8"] == pytest.approx(2.0) and d["plugin_vs_plain_cpu_c1"] == pytest.approx(0.5)
+    # paired by round: 20/10, 30/40, 10/10 -> median 1.0 (the medians' ratio, 20/10, would say 2.0)
+    p1 = d["plugin_vs_plain_items_c1_paired"]
+    assert p1["rounds"] == [2.0, 0.75, 1.0] and p1["median"] == 1.0 and p1["n"] == 3
+    assert 0.75 <= p1["ci95"][0] <= 1.0 <= p1["ci95"][1] <= 2.0
+    assert d["plugin_vs_plain_items_c8_paired"]["ci95"] == [2.0, 2.0]
     md = frontend.markdown(res)
+    assert "| photo-512 | 1 | 1.000 (" in md and "; 0.750–2.000) | 1 of 3 |" in md
     assert "| photo-512 | plugin | 8 | 30.0 (30.0–30.0) | 30.00 (30.00–30.00) | 8.00 | 4.00 | 18.00 | 0.75× | 1.50× |" in md
     assert "| photo-512 | offline | all in one call |" in md
     frontend.plot(res, tmp_path / "p.png")
