@@ -523,3 +523,46 @@ def test_gpu_paper_table_balances_api_servers():
         assert row[f"{size}_H100_api_servers"] == math.ceil(rate / row["prepared_per_core"])
     assert row["2B_H100_items_per_s"] > row["8B_H100_items_per_s"]
     assert "| photo-512 | 300 | 8.00 | 125 |" in gpu_paper.markdown(rows)
+
+
+def test_omp_wait_alternates_policies_and_pairs_them_with_the_default(tmp_path, monkeypatch):
+    """benchmarks/omp_wait.py: each policy in its own environment, the order alternating by
+    round, and each policy's CPU over the default's paired round by round (not the medians')."""
+    import omp_wait
+
+    calls = []
+    fake = {"default": [10.0, 4.0, 8.0], "spin-10000": [5.0, 4.0, 6.0], "passive": [1.0, 1.0, 1.0]}
+
+    def one(policy, regions, pause_ms):
+        calls.append(policy)
+        return fake[policy][sum(c == policy for c in calls) - 1]
+
+    monkeypatch.setattr(omp_wait, "one", one)
+    assert omp_wait.main(["--rounds", "3", "--out", str(tmp_path)]) == 0
+    assert calls == ["default", "spin-10000", "passive", "passive", "spin-10000", "default"] + \
+        ["default", "spin-10000", "passive"]
+    res = json.loads((tmp_path / "omp_wait.json").read_text())
+    spin = res["policies"]["spin-10000"]
+    assert spin["env"] == {"GOMP_SPINCOUNT": "10000"} and spin["cpu_ms"]["median"] == 5.0
+    # 5/10, 4/4, 6/8 paired: median 0.75 (the medians' ratio, 5/8, would say 0.625)
+    assert spin["vs_default"] == {"median": 0.75, "min": 0.5, "max": 1.0}
+    assert res["policies"]["passive"]["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_omp_wait_runs_each_policy_in_a_process_of_its_own_environment(monkeypatch):
+    """libgomp reads its environment once, at load: a policy must reach a fresh process, and an
+    inherited setting must not leak into the default."""
+    import omp_wait
+
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    seen = {}
+
+    def run(cmd, env, **kw):
+        seen[cmd[-2:][0]] = env
+        return types.SimpleNamespace(stdout="3.5\n")
+
+    monkeypatch.setattr(omp_wait.subprocess, "run", run)
+    assert omp_wait.one("default", 7, 1.0) == 3.5
+    assert "GOMP_SPINCOUNT" not in seen["7"] and "OMP_WAIT_POLICY" not in seen["7"]
+    omp_wait.one("passive", 8, 1.0)
+    assert seen["8"]["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in seen["8"]
