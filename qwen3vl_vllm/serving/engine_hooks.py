@@ -90,6 +90,7 @@ def apply_cpu_defaults(args: Any) -> list[str]:
         shm_spin.busy_loop_s()  # a bad value is refused here, by name, before any engine starts
     shm_spin.wake_enabled()  # likewise
     shm_spin.skip_enabled()
+    shm_spin.after_write_enabled()
     if RESERVED_CPU_ENV not in os.environ:  # read by the engine processes started after this
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         reserved = cpu_reserved_cores(cores)

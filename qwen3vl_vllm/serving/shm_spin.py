@@ -59,12 +59,26 @@ short again (or a read finds its step already written). The spin window counts f
 read, so the one reader that spun for nothing is the engine core's: at c = 8 it reads a step's
 results, schedules the next step within a fraction of a millisecond, and then spun ~2 ms of a
 forward that lasts several. The worker's step reader keeps its spin while steps follow each
-other closely. At c = 1 neither reader spins (each wait starts more than 2 ms after the last
-read). ``benchmarks/text_paths.py``, one plugin server each way, paused in turn, four runs on
-2026-12-06 (``2026-12-06-skip/``): skip/spin texts/s paired by round, pooled over 74 rounds,
-1.031 (95 % interval 1.003-1.060; 46 rounds above 1) at c = 8; engine core CPU per text 0.55 ->
-0.51 ms; 0.991 (0.964-1.053) over 64 rounds at c = 1, where nothing changes.
-``QWEN3VL_SHM_SKIP_SPIN=0`` spins every time.
+other closely. At c = 1, counting from reads, neither reader spins (each wait starts more than 2
+ms after the last read; see the next paragraph). ``benchmarks/text_paths.py``, one plugin server
+each way, paused in turn, four runs on 2026-12-06 (``2026-12-06-skip/``): skip/spin texts/s
+paired by round, pooled over 74 rounds, 1.031 (95 % interval 1.003-1.060; 46 rounds above 1) at
+c = 8; engine core CPU per text 0.55 -> 0.51 ms; 0.991 (0.964-1.053) over 64 rounds at c = 1,
+where nothing changes. ``QWEN3VL_SHM_SKIP_SPIN=0`` spins every time.
+
+The spin window also opens when the reader's own process writes to a step queue: a process that
+has just handed work on (the engine core writing a step) spins for its answer. At c = 1 the
+engine core reads a single text's result ~1.4 ms after writing its step (what its CPU per text
+rose by once it spun through that wait); counted from its last read, that wait began long after
+the spin window had closed, so it slept and paid a wake-up (~0.1 ms, ``benchmarks/handoff.py``)
+per request, where plain vLLM's spinning reader paid none. Where the answer takes longer than
+the spin (a forward of several ms at c = 8), the skip above stops it.
+``benchmarks/text_paths.py``, one plugin server each way and plain vLLM, two runs of 24 rounds
+of 50 texts on 2026-12-07 (``2026-12-07-after-write/``), texts/s paired by round over the 48:
+with/without 1.052 (95 % interval 1.015-1.071) at c = 1, 1.024 (0.948-1.075) at c = 8; with it
+against plain vLLM 1.019 (1.008-1.051) at c = 1. The engine core's CPU per text at c = 1 rose
+1.8-1.9 -> 3.2 ms (the whole tree: 0.67-0.69x plain vLLM's). ``QWEN3VL_SHM_SPIN_AFTER_WRITE=0``
+counts from the last read only.
 
 Example::
 
@@ -91,6 +105,8 @@ WAKE_ENV = "QWEN3VL_SHM_WAKE"  # 1 (default): past the spin, sleep on the queue'
 WAKE_TIMEOUT_S = 0.005  # the longest sleep on the wake word: a wake is never what progress relies on
 SKIP_ENV = "QWEN3VL_SHM_SKIP_SPIN"  # 1 (default): a reader whose waits outlast the spin sleeps at once; 0: spins
 SKIP_AFTER = 2  # waits in a row longer than the spin, after which a reader stops spinning
+AFTER_WRITE_ENV = "QWEN3VL_SHM_SPIN_AFTER_WRITE"  # 1 (default): a write by this process opens the spin window
+_last_write = [0.0]  # when this process last wrote to a step queue (time.monotonic)
 _SENTINEL = "_qwen3vl_vllm_busy_loop"
 _sleep = time.sleep  # a name of this module's own (tests replace it, not time.sleep)
 
@@ -119,10 +135,11 @@ def nap_s(since: float, nap: float, nap_max: float, growth: float = NAP_GROWTH) 
 
 def patch() -> str | None:
     """Wrap ``SpinCondition.__init__``, ``.wait``, ``.record_read`` and ``.notify`` so readers
-    spin for ``ENV``'s seconds after their last read, then sleep on the queue's wake word (or
-    nap, without one) for the rest of vLLM's busy window, then wait on its notification socket
-    as vLLM does; the writer bumps the word after each write. Nothing changes while ``ENV`` is
-    unset. Idempotent: None when already installed in this process."""
+    spin for ``ENV``'s seconds after their last read (or their process's last write), then sleep
+    on the queue's wake word (or nap, without one) for the rest of vLLM's busy window, then wait
+    on its notification socket as vLLM does; the writer bumps the word after each write and
+    notes when it wrote. Nothing changes while ``ENV`` is unset. Idempotent: None when already
+    installed in this process."""
     from vllm.distributed.device_communicators import shm_broadcast
 
     cls = shm_broadcast.SpinCondition
@@ -143,6 +160,7 @@ def patch() -> str | None:
         self._qwen3vl_skip = self._qwen3vl_wake is not None and skip_enabled()
         self._qwen3vl_wait_from = None  # when this reader first found the ring empty since its read
         self._qwen3vl_long = 0  # its waits in a row that outlasted the spin
+        self._qwen3vl_after_write = after_write_enabled()
 
     @functools.wraps(original_wait)
     def wait(self, timeout_ms=None):
@@ -151,12 +169,16 @@ def patch() -> str | None:
             return original_wait(self, timeout_ms)
         now = time.monotonic()
         since = now - self.last_read
+        if getattr(self, "_qwen3vl_after_write", False):  # the window opens at a read or this process's write
+            spin_since = now - max(self.last_read, _last_write[0])
+        else:
+            spin_since = since
         skip = False
         if getattr(self, "_qwen3vl_skip", False):
             if self._qwen3vl_wait_from is None:
                 self._qwen3vl_wait_from = now
             skip = self._qwen3vl_long >= SKIP_AFTER
-        if since <= spin and not skip:
+        if spin_since <= spin and not skip:
             return shm_broadcast.sched_yield()
         if since <= self.busy_loop_s:  # vLLM's busy window: sleep on the wake word, or nap
             word = getattr(self, "_qwen3vl_wake", None)
@@ -188,6 +210,7 @@ def patch() -> str | None:
     @functools.wraps(original_notify)
     def notify(self):
         word = getattr(self, "_qwen3vl_wake", None)
+        _last_write[0] = time.monotonic()
         if word is not None:
             word.bump()
         return original_notify(self)
@@ -202,6 +225,15 @@ def wake_enabled(environ=None) -> bool:
     raw = (environ if environ is not None else os.environ).get(WAKE_ENV, "1").strip()
     if raw not in ("0", "1"):
         raise ValueError(f"{WAKE_ENV}={raw!r}: use 1 (sleep on the wake word) or 0 (nap)")
+    return raw == "1"
+
+
+def after_write_enabled(environ=None) -> bool:
+    """``AFTER_WRITE_ENV`` unset or 1: a reader's spin window also opens when its process writes
+    to a step queue; 0: only at its last read (an A/B and an escape hatch)."""
+    raw = (environ if environ is not None else os.environ).get(AFTER_WRITE_ENV, "1").strip()
+    if raw not in ("0", "1"):
+        raise ValueError(f"{AFTER_WRITE_ENV}={raw!r}: use 1 (spin after this process writes) or 0 (only after a read)")
     return raw == "1"
 
 

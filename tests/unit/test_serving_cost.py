@@ -118,6 +118,12 @@ def test_cpu_defaults_set_the_busy_loop_and_keep_the_users(clean_env):
     clean_env.setenv(shm_spin.ENV, "soon")
     with pytest.raises(ValueError, match="QWEN3VL_SHM_BUSY_LOOP_S='soon' is not a number"):
         plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
+    clean_env.setenv(shm_spin.ENV, "0.002")
+    for name in (shm_spin.WAKE_ENV, shm_spin.SKIP_ENV, shm_spin.AFTER_WRITE_ENV):  # each switch, before any engine
+        clean_env.setenv(name, "on")
+        with pytest.raises(ValueError, match=f"{name}='on': use 1 .* or 0"):
+            plugin.apply_cpu_defaults(types.SimpleNamespace(enforce_eager=False, skip_mm_profiling=False))
+        clean_env.delenv(name)
 
 
 def test_gpu_servers_keep_vllms_busy_loop(clean_env):

@@ -139,6 +139,7 @@ def test_vllms_spin_condition_writer_wakes_its_reader(address):
         reader.record_read()
         out += [reader._qwen3vl_seen, reader._qwen3vl_wake.seq()]
         reader.last_read = time.monotonic() - 0.5  # in vLLM's 1 s window, past the 2 ms spin
+        shm_spin._last_write[0] = 0.0  # writer and reader share this process here (in vLLM: two); no write opens the spin
         t = threading.Thread(target=reader.wait, kwargs={{"timeout_ms": 1000}})
         t.start()
         while not reader._qwen3vl_wake._sleepers.value:
@@ -250,3 +251,42 @@ def test_a_reader_whose_waits_outlast_the_spin_stops_spinning(monkeypatch, skip)
     cls.record_read(reader)  # a read that found its step already written: a short wait
     assert got == ["spin", "sleep"] and reader._qwen3vl_long == 0
     assert word.sleeps and all(0 < t <= shm_spin.WAKE_TIMEOUT_S for t in word.sleeps)
+
+
+@pytest.mark.parametrize("after_write", [True, False])
+def test_a_write_by_the_readers_process_opens_its_spin_window(monkeypatch, after_write):
+    """A reader whose last read is long past sleeps on the word; once its own process has
+    written to a step queue (the engine core handing a step on), it spins for the answer, for
+    the spin's length from that write. With QWEN3VL_SHM_SPIN_AFTER_WRITE=0 only a read opens
+    the window."""
+    import types
+
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    shm_spin.patch()
+    spins = []
+    monkeypatch.setattr(shm_broadcast, "sched_yield", lambda: spins.append(1))
+    monkeypatch.setattr(shm_spin, "_last_write", [0.0])
+    word = _Word()
+    reader = types.SimpleNamespace(is_reader=True, busy_loop_s=1, last_read=time.monotonic() - 0.5,
+                                   _qwen3vl_spin_s=0.002, _qwen3vl_wake=word, _qwen3vl_seen=0,
+                                   _qwen3vl_skip=False, _qwen3vl_after_write=after_write)
+    sent = []
+    writer = types.SimpleNamespace(is_reader=False, _qwen3vl_wake=None,
+                                   local_notify_socket=types.SimpleNamespace(send=sent.append))
+    cls = shm_broadcast.SpinCondition
+
+    def looks():
+        before = len(spins), len(word.sleeps)
+        cls.wait(reader, timeout_ms=1000)
+        return ("spin" if len(spins) > before[0] else "") + ("sleep" if len(word.sleeps) > before[1] else "")
+
+    assert looks() == "sleep"  # 0.5 s after its read, no write: past the spin
+    cls.notify(writer)  # this process writes a step (and vLLM's own notify still runs)
+    assert sent == [b"\x00"] and time.monotonic() - shm_spin._last_write[0] < 0.5
+    assert looks() == ("spin" if after_write else "sleep")
+    shm_spin._last_write[0] = time.monotonic() - 0.003  # the write was longer ago than the spin
+    assert looks() == "sleep"
+    assert shm_spin.after_write_enabled({}) and not shm_spin.after_write_enabled({shm_spin.AFTER_WRITE_ENV: "0"})
+    with pytest.raises(ValueError, match="QWEN3VL_SHM_SPIN_AFTER_WRITE='yes'"):
+        shm_spin.after_write_enabled({shm_spin.AFTER_WRITE_ENV: "yes"})
