@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from frontend import ratio_summary, summarise  # noqa: E402 - one summary for every benchmark here
 POLICIES = {"default": {}, "spin-10000": {"GOMP_SPINCOUNT": "10000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 CHILD = """
 import sys, time, torch
@@ -65,13 +67,11 @@ def main(argv=None) -> int:
             got[n].append(one(n, args.regions, args.pause_ms))
     res = {"regions": args.regions, "pause_ms": args.pause_ms, "rounds": args.rounds, "policies": {}}
     for n in names:
-        v = got[n]
-        ratio = [a / b for a, b in zip(v, got["default"])]
-        res["policies"][n] = {"env": POLICIES[n], "cpu_ms": {"median": statistics.median(v), "min": min(v),
-                                                             "max": max(v), "rounds": v},
-                              "vs_default": {"median": statistics.median(ratio), "min": min(ratio), "max": max(ratio)}}
-        print(f"{n:12s} {statistics.median(v):6.2f} ms CPU per region and pause ({min(v):.2f}-{max(v):.2f}), "
-              f"{statistics.median(ratio):.2f}x the default's")
+        cpu = dict(summarise(got[n]), rounds=got[n])
+        vs = ratio_summary([a / b for a, b in zip(got[n], got["default"])])
+        res["policies"][n] = {"env": POLICIES[n], "cpu_ms": cpu, "vs_default": vs}
+        print(f"{n:12s} {cpu['median']:6.2f} ms CPU per region and pause ({cpu['min']:.2f}-{cpu['max']:.2f}), "
+              f"{vs['median']:.2f}x the default's (95 % {vs['ci95'][0]:.2f}-{vs['ci95'][1]:.2f})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "omp_wait.json").write_text(json.dumps(res, indent=1))

@@ -220,30 +220,30 @@ def patch() -> str | None:
     return "shm_broadcast.SpinCondition.__init__, .wait, .record_read, .notify"
 
 
-def wake_enabled(environ=None) -> bool:
-    """``WAKE_ENV`` unset or 1: on; 0: readers nap as before (an A/B and an escape hatch)."""
-    raw = (environ if environ is not None else os.environ).get(WAKE_ENV, "1").strip()
+def _switch(name: str, on: str, off: str, environ=None) -> bool:
+    """A 0/1 setting, on when unset (each is an A/B and an escape hatch); anything else is
+    refused by name, with what each value does."""
+    raw = (environ if environ is not None else os.environ).get(name, "1").strip()
     if raw not in ("0", "1"):
-        raise ValueError(f"{WAKE_ENV}={raw!r}: use 1 (sleep on the wake word) or 0 (nap)")
+        raise ValueError(f"{name}={raw!r}: use 1 ({on}) or 0 ({off})")
     return raw == "1"
+
+
+def wake_enabled(environ=None) -> bool:
+    """``WAKE_ENV``: past the spin, readers sleep on the wake word; 0: they nap as before."""
+    return _switch(WAKE_ENV, "sleep on the wake word", "nap", environ)
 
 
 def after_write_enabled(environ=None) -> bool:
-    """``AFTER_WRITE_ENV`` unset or 1: a reader's spin window also opens when its process writes
-    to a step queue; 0: only at its last read (an A/B and an escape hatch)."""
-    raw = (environ if environ is not None else os.environ).get(AFTER_WRITE_ENV, "1").strip()
-    if raw not in ("0", "1"):
-        raise ValueError(f"{AFTER_WRITE_ENV}={raw!r}: use 1 (spin after this process writes) or 0 (only after a read)")
-    return raw == "1"
+    """``AFTER_WRITE_ENV``: a reader's spin window also opens when its process writes to a step
+    queue; 0: only at its last read."""
+    return _switch(AFTER_WRITE_ENV, "spin after this process writes", "only after a read", environ)
 
 
 def skip_enabled(environ=None) -> bool:
-    """``SKIP_ENV`` unset or 1: a reader whose last ``SKIP_AFTER`` waits each outlasted its spin
-    sleeps on the wake word at once; 0: it always spins first (an A/B and an escape hatch)."""
-    raw = (environ if environ is not None else os.environ).get(SKIP_ENV, "1").strip()
-    if raw not in ("0", "1"):
-        raise ValueError(f"{SKIP_ENV}={raw!r}: use 1 (skip the spin after long waits) or 0 (always spin)")
-    return raw == "1"
+    """``SKIP_ENV``: a reader whose last ``SKIP_AFTER`` waits each outlasted its spin sleeps on
+    the wake word at once; 0: it always spins first."""
+    return _switch(SKIP_ENV, "skip the spin after long waits", "always spin", environ)
 
 
 def _wake_word(is_reader: bool, address: str, spin_s: float | None):

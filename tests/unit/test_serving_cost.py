@@ -551,7 +551,8 @@ def test_omp_wait_alternates_policies_and_pairs_them_with_the_default(tmp_path, 
     spin = res["policies"]["spin-10000"]
     assert spin["env"] == {"GOMP_SPINCOUNT": "10000"} and spin["cpu_ms"]["median"] == 5.0
     # 5/10, 4/4, 6/8 paired: median 0.75 (the medians' ratio, 5/8, would say 0.625)
-    assert spin["vs_default"] == {"median": 0.75, "min": 0.5, "max": 1.0}
+    assert {k: spin["vs_default"][k] for k in ("median", "min", "max", "rounds")} == \
+        {"median": 0.75, "min": 0.5, "max": 1.0, "rounds": [0.5, 1.0, 0.75]}
     assert res["policies"]["passive"]["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -564,7 +565,7 @@ def test_omp_wait_runs_each_policy_in_a_process_of_its_own_environment(monkeypat
     seen = {}
 
     def run(cmd, env, **kw):
-        seen[cmd[-2:][0]] = env
+        seen[cmd[-2]] = env  # keyed by the regions argument
         return types.SimpleNamespace(stdout="3.5\n")
 
     monkeypatch.setattr(omp_wait.subprocess, "run", run)
