@@ -21,10 +21,17 @@ bootstrap interval of the median ratio. Many short rounds (``--rounds 40 --reque
 the sides closer in time than a few long ones on a machine whose speed drifts. Nothing is
 asserted on speed.
 
+``--kind`` (one of ``frontend.KINDS``, e.g. ``rerank-1x20`` or ``screenshot``) sends that
+workload instead of texts, in the bodies ``frontend.bodies`` builds for each side (shape
+``plugin``, or ``plain`` for plain vLLM): the same variant A/B for a request that takes more than
+one step, checked the same way (scores to within ``1 - worst`` of the first variant's).
+
     .venv/bin/python benchmarks/text_paths.py --rounds 4 --out benchmarks/results/text-paths
     .venv/bin/python benchmarks/text_paths.py --shapes input --requests 240 \
         --variant pool:QWEN3VL_INLINE_RENDER_CHARS=0 --variant inline:
     .venv/bin/python benchmarks/text_paths.py --shapes input --plain --variant plugin:
+    .venv/bin/python benchmarks/text_paths.py --kind rerank-1x20 --requests 6 --levels 1 \
+        --variant on: --variant off:QWEN3VL_SHM_SPIN_AFTER_WRITE=0
 """
 
 from __future__ import annotations
@@ -64,26 +71,34 @@ def raw_prompt(text: str) -> str:
     return _embedding_template().render(messages=embedding_conversation({"text": text}))
 
 
-def shape_bodies(shape: str, items: list, model: str, base_url: str) -> list[dict]:
+def shape_bodies(shape: str, items: list, model: str, base_url: str, kind: str = "text") -> list[dict]:
+    """The requests carrying ``items`` in ``shape``: a text shape (``PATHS``), or for another
+    ``kind`` the side (``plugin``/``plain``) whose bodies ``frontend.bodies`` builds."""
     import frontend
 
+    if kind != "text":
+        return frontend.bodies(kind, shape, items, model, base_url)
     reqs = frontend.bodies("text", PATHS[shape], items, model, base_url)
     if shape == "raw":
         reqs = [dict(b, input=raw_prompt(b["input"]), raw_prompt=True) for b in reqs]
     return reqs
 
 
-def variant_shapes(name: str, shapes: tuple) -> tuple:
+def variant_shapes(name: str, shapes: tuple, kind: str = "text") -> tuple:
     """The shapes a variant is sent: plain vLLM only ``messages`` (its ``input`` is not the
-    reference's vector, and it has no ``raw_prompt``)."""
+    reference's vector, and it has no ``raw_prompt``); for another ``kind``, its side."""
+    if kind != "text":
+        return (PLAIN,) if name == PLAIN else ("plugin",)
     return ("messages",) if name == PLAIN else shapes
 
 
 def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS,
-        shapes: tuple = tuple(PATHS), variants: dict | None = None, plain: bool = False) -> dict:
+        shapes: tuple = tuple(PATHS), variants: dict | None = None, plain: bool = False,
+        kind: str = "text") -> dict:
     """``variants``: name -> environment overrides, one plugin server each (None: one server as
     configured); ``plain``: plain vLLM beside them (variant ``PLAIN``). Servers not being
-    measured are paused (``run.paused``); rounds alternate the order of variants and shapes."""
+    measured are paused (``run.paused``); rounds alternate the order of variants and shapes.
+    ``kind``: the workload (``frontend.KINDS``); ``requests`` then counts requests, not items."""
     import contextlib
 
     import frontend
@@ -91,7 +106,10 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
     from run import SIZING, paused, plain_args, served_model, server_env
 
-    ckpt = str(ensure_checkpoint(HERE.parent / ".cache" / "checkpoints", kind="embedding", size="tiny"))
+    model_kind = frontend.KINDS[kind]["model"]
+    per_request = frontend.KINDS[kind]["per_request"]
+    path = "/v1/rerank" if kind == "rerank-1x20" else "/embeddings"
+    ckpt = str(ensure_checkpoint(HERE.parent / ".cache" / "checkpoints", kind=model_kind, size="tiny"))
     variants = dict(variants or {"": {}})
     if PLAIN in variants:
         raise SystemExit(f"--variant {PLAIN!r} is the name --plain uses; pick another")
@@ -107,19 +125,20 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
             port = free_port()
             servers[PLAIN] = stack.enter_context(ServerProcess(
                 ckpt, port=port, env=dict(server_env(), VLLM_PLUGINS="__none__"),
-                log_path=out / f"server-{PLAIN}.log", full_args=plain_args("embedding", ckpt, port)))
+                log_path=out / f"server-{PLAIN}.log", full_args=plain_args(model_kind, ckpt, port)))
             variants[PLAIN] = {"VLLM_PLUGINS": "__none__"}
         models = {name: served_model(srv.base_url) for name, srv in servers.items()}
-        probe = frontend.make_items("text", 4, 4999, out / "media")
+        base = {name: srv.base_url if path == "/embeddings" else srv.url for name, srv in servers.items()}
+        probe = frontend.make_items(kind, 4 if per_request == 1 else 2, 4999, out / "media")
         reference = None
         for name, srv in servers.items():
-            for shape in variant_shapes(name, shapes):
-                vecs = frontend.answers(srv.base_url, "/embeddings", shape_bodies(shape, probe, models[name], srv.base_url))
-                reference = reference or vecs
-                worst[f"{name} {shape}".strip()] = frontend.agreement("text", vecs, reference)
+            for shape in variant_shapes(name, shapes, kind):
+                got = frontend.answers(base[name], path, shape_bodies(shape, probe, models[name], srv.base_url, kind))
+                reference = reference or got
+                worst[f"{name} {shape}".strip()] = frontend.agreement(kind, got, reference)
         print(f"[text_paths] worst cosine to the first path: {worst}")
         for r in range(rounds):
-            order = [(name, shape) for name in variants for shape in variant_shapes(name, shapes)]
+            order = [(name, shape) for name in variants for shape in variant_shapes(name, shapes, kind)]
             for name, shape in (order if r % 2 == 0 else order[::-1]):
                 srv = servers[name]
                 with contextlib.ExitStack() as pause:
@@ -127,11 +146,11 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
                         if other != name:
                             pause.enter_context(paused(o))
                     for c in levels:
-                        items = frontend.make_items("text", requests, 5000 + 10 * r + c, out / "media")
-                        reqs = shape_bodies(shape, items, models[name], srv.base_url)
+                        items = frontend.make_items(kind, requests, 5000 + 10 * r + c, out / "media")
+                        reqs = shape_bodies(shape, items, models[name], srv.base_url, kind)
                         rows.setdefault(f"{name} {shape} c={c}".strip(), []).append(
-                            frontend.measure_server(srv, "/embeddings", reqs, 1, c))
-    return {"rounds": rounds, "requests_per_level": requests, "variants": variants,
+                            frontend.measure_server(srv, path, reqs, per_request, c))
+    return {"kind": kind, "rounds": rounds, "requests_per_level": requests, "variants": variants,
             "worst_cosine_to_first": worst,
             "rows": {key: frontend._level_summary(got) for key, got in rows.items()},
             "paired": paired(rows, plain)}
@@ -172,17 +191,23 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=list(PATHS), choices=list(PATHS), help="request shapes")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE[,ENV=VALUE]",
                     help="a plugin server with these environment overrides (repeat to compare)")
+    ap.add_argument("--kind", default="text", help="the workload (benchmarks/frontend.py KINDS); "
+                    "other than text, each variant is sent the plugin's bodies and plain vLLM its own")
     ap.add_argument("--plain", action="store_true",
                     help=f"also plain vLLM with the hand flags (variant {PLAIN!r}, messages shape)")
     args = ap.parse_args(argv)
+    import frontend
+
+    if args.kind not in frontend.KINDS:
+        ap.error(f"--kind {args.kind!r}: pick one of {', '.join(frontend.KINDS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = run(out, args.rounds, args.requests, tuple(args.levels), tuple(args.shapes),
-              dict(_variant(v) for v in args.variant) or None, plain=args.plain)
+              dict(_variant(v) for v in args.variant) or None, plain=args.plain, kind=args.kind)
     (out / "text_paths.json").write_text(json.dumps(res, indent=1))
     for key, row in res["rows"].items():
         cpu, api = row["cpu_ms_per_item"], row["by_process"].get("api_server", {"median": float("nan")})
-        print(f"{key:24s} {row['items_per_s']['median']:7.1f} texts/s, {cpu['median']:.2f} ms CPU per text "
+        print(f"{key:24s} {row['items_per_s']['median']:7.1f} items/s, {cpu['median']:.2f} ms CPU per item "
               f"({cpu['min']:.2f}-{cpu['max']:.2f}), API server {api['median']:.2f} ms")
     for key, row in res["paired"].items():
         print(f"{key:40s} items/s ratio, paired by round: median {row['median']:.3f} "

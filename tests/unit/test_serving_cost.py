@@ -441,6 +441,25 @@ def test_text_paths_sends_every_request_shape(tmp_path):
     assert text_paths.variant_shapes("spin5", ("input", "raw")) == ("input", "raw")
 
 
+def test_text_paths_sends_another_kind_as_each_side_would(tmp_path):
+    import frontend
+    import text_paths
+
+    # a workload other than texts: the plugin's bodies for a variant, plain vLLM's for plain
+    assert text_paths.variant_shapes("on", ("input",), "screenshot") == ("plugin",)
+    assert text_paths.variant_shapes(text_paths.PLAIN, ("input",), "screenshot") == (text_paths.PLAIN,)
+    items = frontend.make_items("frames-10", 1, 3, tmp_path)
+    plugin = text_paths.shape_bodies("plugin", items, "m", "", "frames-10")
+    plain = text_paths.shape_bodies(text_paths.PLAIN, items, "m", "", "frames-10")
+    assert plugin == plain == frontend.bodies("frames-10", "plugin", items, "m", "")
+    assert len(plugin) == 1 and plugin[0]["model"] == "m"
+    batch = frontend.make_items("text-batch64", 2, 3, tmp_path)
+    bodies = text_paths.shape_bodies("plugin", batch, "m", "", "text-batch64")
+    assert [len(b["input"]) for b in bodies] == [64, 64]  # requests, not items, counted by --requests
+    with pytest.raises(SystemExit):
+        text_paths.main(["--kind", "no-such-kind", "--out", str(tmp_path)])
+
+
 def test_text_paths_pairs_each_variant_with_plain_round_by_round():
     import text_paths
 
