@@ -127,6 +127,18 @@ SYMBOLS: tuple[Symbol, ...] = (
            "small responses built on the event loop (wrapped, inline_response; reads "
            "._postprocessing and ._postprocessing_async(io_processor, ctx), ctx.final_res_batch "
            "[i].outputs.data)"),
+    Symbol(("vllm.entrypoints.pooling.scoring.serving",), "ServingScores.__call__", (),
+           "counts the scoring requests in flight (wrapped, score_pipeline; speed only; the routes "
+           "call it per request)", optional=True),
+    Symbol(("vllm.entrypoints.pooling.scoring.serving",), "ServingScores._preprocessing",
+           ("io_processor", "ctx"), "rerank documents sent as rendered (wrapped, score_pipeline; speed only; "
+           "reads .enable_flash_late_interaction, io_processor.get_request_factory_online(ctx), "
+           ".render_async, ctx.engine_inputs, .request_id, .prompt_request_ids)", optional=True),
+    Symbol(("vllm.entrypoints.pooling.scoring.serving",), "ServingScores._prepare_generators", ("ctx",),
+           "called once per document on a copy of ctx (wrapped, score_pipeline; speed only; sets "
+           "ctx.result_generator of (index, output))", optional=True),
+    Symbol(("vllm.utils.async_utils",), "merge_async_iterators", (),
+           "one generator per document, merged as vLLM merges them (called, score_pipeline)", optional=True),
     Symbol(("vllm.entrypoints.pooling.base.serving",), "PoolingBaseServing._postprocessing",
            ("io_processor", "ctx"), "called on the event loop for small responses (inline_response)"),
     Symbol(("vllm.renderers.base",), "BaseRenderer._process_multimodal",

@@ -16,6 +16,10 @@ is idempotent and cheap. It installs guarded hooks, each marked and logged once:
 3. The ``qwen3vl`` video loader and media connector, the input-string templating
    (``embed_inputs``), the reranker truncation (``score_truncation``) and the fitting of long
    videos to ``max_model_len`` (``video_fit``, ``video_fit_hook``).
+4. Serving cost only, results unchanged: small responses on the event loop
+   (``inline_response``), rerank documents sent to the engine as each is rendered
+   (``score_pipeline``), and on CPU the step queue readers' wait (``shm_spin``) and the pixel
+   normalisation (``cpu_input_norm``).
 
 A vLLM outside the tested versions (``contract.TESTED``) gets the same hooks, with a warning,
 as long as the contract holds: the check is on what the plugin touches, not on a version string.
@@ -59,6 +63,7 @@ PIECES = {
     "video fitting": (("embedding", "reranker"), "all"),
     "shm busy loop": ((), "all"),  # CPU cost only: results never depend on it, nothing refuses
     "CPU pixel normalisation": ((), "all"),  # bit-identical to vLLM's own: nothing refuses
+    "rerank documents sent as rendered": ((), "server"),  # when work starts only: nothing refuses
 }
 
 
@@ -158,6 +163,12 @@ def _patch_inline_response():
     return inline_response.patch() or True
 
 
+def _patch_score_pipeline():
+    from qwen3vl_vllm.serving import score_pipeline
+
+    return score_pipeline.patch() or True
+
+
 def _patch_video_fit():
     from qwen3vl_vllm.serving import video_fit_hook
 
@@ -186,6 +197,7 @@ def register() -> None:
     _install("reranker truncation", _patch_score_truncation)
     _install("video fitting", _patch_video_fit)
     _install("small responses on the event loop", _patch_inline_response)
+    _install("rerank documents sent as rendered", _patch_score_pipeline)
     _install("shm busy loop", _patch_shm_spin)
     _install("CPU pixel normalisation", _patch_cpu_input_norm)
     if not _STATE["tested"]:
