@@ -230,3 +230,20 @@ def test_the_switch_is_refused_by_name_and_never_gates_start_up():
     assert {s.name for s in entries} == {"ServingScores.__call__", "ServingScores._preprocessing",
                                          "ServingScores._prepare_generators", "merge_async_iterators"}
     assert all(s.optional for s in entries)
+
+
+def test_a_bad_switch_stops_a_detected_checkpoint_before_its_engine(tmp_path, monkeypatch):
+    """vLLM's own ``create_model_config`` on a tiny reranker: a bad value is refused by name at
+    start-up (on GPU servers too, where the CPU switches are not read), not ignored."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
+
+    ckpt = ensure_checkpoint(tmp_path, kind="reranker", size="tiny")
+    plugin.register()
+    monkeypatch.setattr("qwen3vl_vllm.serving.engine_hooks.on_cpu", lambda: False)
+    monkeypatch.setenv(score_pipeline.ENV, "fast")
+    with pytest.raises(ValueError, match=rf"{score_pipeline.ENV}='fast': use 1 .* or 0"):
+        EngineArgs(model=str(ckpt), dtype="float32").create_model_config()
+    monkeypatch.setenv(score_pipeline.ENV, "0")
+    assert EngineArgs(model=str(ckpt), dtype="float32").create_model_config().runner_type == "pooling"
