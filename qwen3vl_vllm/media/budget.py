@@ -252,6 +252,18 @@ class DecodeBudget:
         with self._lock:
             self.held += n
 
+    def try_hold(self, n: int) -> bool:
+        """Take ``n`` bytes from the process pool only if they fit now (no wait, no error): for
+        copies that are an option, not a need (``split_resize``)."""
+        n = int(n)
+        if self.pool is None or n <= 0:
+            return True
+        if not self.pool.acquire(n, 0.0):  # a deadline already past: one look, no wait
+            return False
+        with self._lock:
+            self.held += n
+        return True
+
     def credit(self, n: int) -> None:
         """Transient bytes were freed: give them back to the process pool."""
         if self.pool is None or n <= 0:
@@ -266,6 +278,15 @@ class DecodeBudget:
             n, self.held = self.held, 0
         if self.pool is not None:
             self.pool.release(n)
+
+
+_SERVING = [0]  # requests of this process inside ``serving`` now
+
+
+def requests_in_flight() -> int:
+    """How many requests this process's server is serving now (0 outside a server: the offline
+    API, the batch runner)."""
+    return _SERVING[0]
 
 
 _CURRENT: contextvars.ContextVar[DecodeBudget | None] = contextvars.ContextVar(
@@ -296,9 +317,13 @@ class serving:
                                    set_by=self.settings.get("request_bytes_set_by"),
                                    seconds=self.settings["seconds"], pool=process_pool())
         self._token = _CURRENT.set(self.budget)
+        with _POOL_LOCK:
+            _SERVING[0] += 1
         return self.budget
 
     def __exit__(self, *exc) -> bool:
+        with _POOL_LOCK:
+            _SERVING[0] -= 1
         _CURRENT.reset(self._token)
         self.budget.close()
         return False

@@ -38,6 +38,7 @@ from typing import Any
 from qwen3vl_vllm.errors import MediaError
 from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS, FRAME_LIST_FPS, IMAGE_FACTOR
 from qwen3vl_vllm.media.budget import REQUEST_BYTES_ENV, DecodeBudget, DecodeLimitError, image_bytes
+from qwen3vl_vllm.media import split_resize
 from qwen3vl_vllm.media.sources import DEFAULT_POLICY, FORMAT_HINT, MediaPolicy, source_bytes
 
 MAX_RATIO = 200
@@ -155,8 +156,6 @@ def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = I
     """Resize an RGB image to its reference size (PIL bicubic); one already at that size is
     returned as it is (PIL would return a copy of the same pixels). With ``budget``, the copy is
     held from its pool and the input credited (the caller drops it)."""
-    from PIL import Image
-
     try:
         h, w = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
                             max_pixels=max_pixels)
@@ -166,7 +165,7 @@ def resize_image(image, *, min_pixels: float, max_pixels: float, factor: int = I
         return image
     if budget is not None:
         budget.hold(image_bytes("RGB", w, h), where)
-    out = image.resize((w, h), Image.Resampling.BICUBIC)
+    out = split_resize.resize(image, (w, h), budget=budget)  # Image.resize's pixels
     if budget is not None:
         budget.credit(image_bytes(image.mode, *image.size))
     return out

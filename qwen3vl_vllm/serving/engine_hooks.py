@@ -24,6 +24,7 @@ from typing import Any, Callable
 from qwen3vl_vllm.prompts.engine import (CPU_DEFAULTS_ENV, CPU_ENGINE_DEFAULTS, GIB, RESERVED_CPU_ENV,
                                          cpu_kv_cache_bytes, cpu_reserved_cores, effective_engine_kwargs)
 from qwen3vl_vllm.serving.detect import detect_kind
+from qwen3vl_vllm.media import split_resize
 from qwen3vl_vllm.serving import score_pipeline
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")  # under vLLM's handlers
@@ -134,6 +135,7 @@ def patch_engine_args(gate: Callable[[str, Any], None]) -> str | None:
         if kind is not None:
             gate(kind, self)  # before anything is changed: refuse rather than serve wrongly
             score_pipeline.enabled()  # a bad QWEN3VL_SCORE_PIPELINE is refused by name, before any engine starts
+            split_resize.enabled()  # likewise QWEN3VL_SPLIT_RESIZE
             apply_engine_defaults(self)
         cpu = apply_cpu_defaults(self) if kind is not None else []
         model_config = original(self, *a, **kw)
