@@ -5,7 +5,7 @@ core. For a 2600x1900 screenshot going to 1568x1152 that is ~48 ms on this machi
 c = 1 it is time the model waits for (the API server's work and the forward run one after the
 other): the plugin's API server spent 115 ms per screenshot against plain vLLM's 81, whose HF
 processor resizes with torchvision and gives other pixels (``docs/serving-cost.md``). Split over
-two threads the same resize took 30.5 ms (medians of 9, three runs, 2026-12-07).
+two threads the same resize took 30.5-32.5 ms (medians of 9, three runs, 2026-12-07).
 
 Why the pixels are the same: Pillow resizes in two separable passes (``ImagingResampleInner``
 in ``Resample.c``). In the horizontal pass each output row depends only on the same input row;
@@ -15,8 +15,9 @@ mode, rounded as Pillow rounds it. So resizing strips of rows along x, then stri
 along y (a one-axis ``Image.resize`` each, which Pillow runs as that one pass), gives the same
 bytes, provided the passes run in Pillow's order. Pillow 13 runs the vertical pass first when
 the height shrinks by more than twice what the width does (``horizontal_first``; earlier
-Pillows always run the horizontal one first); the other order gave other pixels for 10 of 30 random sizes. A Pillow whose order differs is caught by a
-self-check at first use (``verified``), which turns this off for the process and logs why.
+Pillows always run the horizontal one first); the other order gave other pixels for 10 of 30
+random sizes. A Pillow whose order differs is caught by a self-check (``verified``: at start-up
+in a server, else at first use), which turns this off for the process and logs why.
 
 When: only for an RGB image of at least ``MIN_PIXELS`` whose both sides change, in a server
 whose only request in flight is this one (``budget.requests_in_flight``), with no other resize
@@ -27,8 +28,8 @@ and the split only adds its copies and hand-offs. Measured with only "no other r
 as the rule (``benchmarks/text_paths.py --kind screenshot``, 12 rounds of 4, 2026-12-07): c = 8
 lost 1.5 % of its rate at +16 ms of API server CPU per screenshot, because resizes seldom
 overlap while the worker keeps both cores busy. Offline and in the batch runner (no request in
-flight) it is never taken: a batch keeps the cores busy too. ``QWEN3VL_SPLIT_RESIZE=0`` turns it off; a bad value is
-refused by name at start-up.
+flight) it is never taken: a batch keeps the cores busy too. ``QWEN3VL_SPLIT_RESIZE=0`` turns
+it off; a bad value is refused by name at start-up.
 
 Example::
 
@@ -177,7 +178,8 @@ def verified() -> bool:
         logger.warning("qwen3vl-vllm: the split resize differs from Pillow %s's own on %s; large "
                        "images are resized in one call", PIL.__version__, ", ".join(bad))
     else:
-        logger.debug("qwen3vl-vllm: split resize checked against Pillow %s", PIL.__version__)
+        logger.info("qwen3vl-vllm: a lone request's large image is resized on two threads "
+                    "(checked against Pillow %s's one call; %s=0 to turn off)", PIL.__version__, ENV)
     _VERIFIED.append(not bad)
     return _VERIFIED[0]
 

@@ -135,7 +135,8 @@ def patch_engine_args(gate: Callable[[str, Any], None]) -> str | None:
         if kind is not None:
             gate(kind, self)  # before anything is changed: refuse rather than serve wrongly
             score_pipeline.enabled()  # a bad QWEN3VL_SCORE_PIPELINE is refused by name, before any engine starts
-            split_resize.enabled()  # likewise QWEN3VL_SPLIT_RESIZE
+            if split_resize.enabled():  # likewise QWEN3VL_SPLIT_RESIZE
+                split_resize.verified()  # its self-check at start-up, not on a request
             apply_engine_defaults(self)
         cpu = apply_cpu_defaults(self) if kind is not None else []
         model_config = original(self, *a, **kw)

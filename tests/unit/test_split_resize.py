@@ -245,5 +245,10 @@ def test_a_bad_switch_stops_a_detected_checkpoint_before_its_engine(tmp_path, mo
     monkeypatch.setenv(S.ENV, "fast")
     with pytest.raises(ValueError, match=rf"{S.ENV}='fast': use 1 .* or 0"):
         EngineArgs(model=str(ckpt), dtype="float32").create_model_config()
+    monkeypatch.setattr(S, "_VERIFIED", [])
     monkeypatch.setenv(S.ENV, "0")
     assert EngineArgs(model=str(ckpt), dtype="float32").create_model_config().runner_type == "pooling"
+    assert S._VERIFIED == []  # off: no self-check
+    monkeypatch.setenv(S.ENV, "1")
+    EngineArgs(model=str(ckpt), dtype="float32").create_model_config()
+    assert S._VERIFIED == [True]  # on: checked at start-up, before any request
