@@ -32,11 +32,14 @@ one step, checked the same way (scores to within ``1 - worst`` of the first vari
     .venv/bin/python benchmarks/text_paths.py --shapes input --plain --variant plugin:
     .venv/bin/python benchmarks/text_paths.py --kind rerank-1x20 --requests 6 --levels 1 \
         --variant on: --variant off:QWEN3VL_SHM_SPIN_AFTER_WRITE=0
+    .venv/bin/python benchmarks/text_paths.py --kind photo-512 --plain --levels 1 --rounds 16 \
+        --requests 16 --variant plugin: --offline-engine
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
@@ -99,8 +102,6 @@ def run(out: Path, rounds: int, requests: int = REQUESTS, levels: tuple = LEVELS
     configured); ``plain``: plain vLLM beside them (variant ``PLAIN``). Servers not being
     measured are paused (``run.paused``); rounds alternate the order of variants and shapes.
     ``kind``: the workload (``frontend.KINDS``); ``requests`` then counts requests, not items."""
-    import contextlib
-
     import frontend
     from qwen3vl_vllm.ops.launcher import ServerProcess, free_port
     from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
@@ -182,6 +183,23 @@ def _variant(text: str) -> tuple[str, dict]:
     return name, env
 
 
+@contextlib.contextmanager
+def _offline_engine_held(kind: str, out: Path):
+    """The frontend run's offline engine for ``kind``'s model, built here and fed one item
+    (``frontend.run`` holds one in its process through every server's rounds)."""
+    import frontend
+    from qwen3vl_vllm.testing.checkpoint import ensure_checkpoint
+
+    model_kind = frontend.KINDS[kind]["model"]
+    ckpt = str(ensure_checkpoint(HERE.parent / ".cache" / "checkpoints", kind=model_kind, size="tiny"))
+    engine = frontend._offline_engine(model_kind, ckpt)
+    try:
+        frontend._offline_answers(engine, kind, frontend.make_items(kind, 1, 4998, out / "media"))
+        yield engine
+    finally:
+        frontend._close(engine)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
@@ -195,6 +213,9 @@ def main(argv=None) -> int:
                     "other than text, each variant is sent the plugin's bodies and plain vLLM its own")
     ap.add_argument("--plain", action="store_true",
                     help=f"also plain vLLM with the hand flags (variant {PLAIN!r}, messages shape)")
+    ap.add_argument("--offline-engine", action="store_true",
+                    help="hold the offline API's engine in this (the client's) process while measuring, "
+                    "as benchmarks/frontend.py does, to see whether it changes a row")
     args = ap.parse_args(argv)
     import frontend
 
@@ -202,8 +223,9 @@ def main(argv=None) -> int:
         ap.error(f"--kind {args.kind!r}: pick one of {', '.join(frontend.KINDS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = run(out, args.rounds, args.requests, tuple(args.levels), tuple(args.shapes),
-              dict(_variant(v) for v in args.variant) or None, plain=args.plain, kind=args.kind)
+    with _offline_engine_held(args.kind, out) if args.offline_engine else contextlib.nullcontext():
+        res = run(out, args.rounds, args.requests, tuple(args.levels), tuple(args.shapes),
+                  dict(_variant(v) for v in args.variant) or None, plain=args.plain, kind=args.kind)
     (out / "text_paths.json").write_text(json.dumps(res, indent=1))
     for key, row in res["rows"].items():
         cpu, api = row["cpu_ms_per_item"], row["by_process"].get("api_server", {"median": float("nan")})
