@@ -48,6 +48,18 @@ def probe_routes(base_url: str, table_path: Path, key: str, timeout: float = 60)
     return rows
 
 
+def post_paths(table_path: Path) -> list[str]:
+    """Every concrete path of the running app that takes a POST (mounted apps included)."""
+    table = json.loads(Path(table_path).read_text())
+    out = []
+    for route in table["routes"]:
+        if route["methods"] == ["*"] or "POST" in route["methods"]:
+            out.append(_concrete(route["path"]))
+            if route["kind"] == "Mount":
+                out.append(out[-1].rstrip("/") + "/anything")
+    return out
+
+
 def _websocket_row(base_url: str, path: str, key: str) -> dict:
     """A websocket handshake, by hand: 101 means accepted, a 403 refused before accept."""
     import base64

@@ -24,7 +24,7 @@ from typing import Any
 
 from qwen3vl_vllm.media.budget import DEFAULT_IN_FLIGHT, DEFAULT_REQUEST_BYTES, DEFAULT_SECONDS
 from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS
-from qwen3vl_vllm.serving.policy import DEFAULT_MAX_BODY_BYTES
+from qwen3vl_vllm.serving.policy import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS
 from qwen3vl_vllm.serving.settings import KEEP_ALIVE_S
 from qwen3vl_vllm.prompts.video_fit import (DEFAULT_MODE as VIDEO_FIT_DEFAULT,
                                             MODES as VIDEO_FIT_MODES)
@@ -40,6 +40,7 @@ class ServerConfig:
     port: int = 8000
     api_key_env: str = "QWEN3VL_API_KEY"
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_items_per_request: int = DEFAULT_MAX_ITEMS  # items in one request's lists; 0: no limit
     keep_alive_s: int = KEEP_ALIVE_S  # idle keep-alive; must outlive client pools (see settings)
     # pass `input` strings and token ids through untemplated (callers who build the reference
     # prompt themselves); per request: "raw_prompt": true
@@ -125,7 +126,7 @@ CHOICES = {
     "server.video_fit": VIDEO_FIT_MODES,
 }
 NON_NEGATIVE = {"media.max_decoded_bytes_per_request", "media.max_decoded_bytes_in_flight",
-                "media.max_decode_seconds"}
+                "media.max_decode_seconds", "server.max_items_per_request"}
 POSITIVE = {"server.port", "server.max_request_bytes", "server.keep_alive_s", "media.min_pixels",
             "media.max_pixels", "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",
             "parallel.data_parallel_size", "parallel.tensor_parallel_size",

@@ -3,6 +3,13 @@
 - ``QWEN3VL_MAX_BODY_BYTES`` (default 64 MiB, ``0`` for no limit): a request whose body is
   larger gets 413. Checked from the ``content-length`` header, and counted while the body
   streams in when there is none; the body is never copied.
+- ``QWEN3VL_MAX_ITEMS_PER_REQUEST`` (default 2,048, OpenAI's own cap on an embeddings ``input``
+  array; ``0`` for no limit): a request with more items gets 400 naming the field. vLLM turns
+  every item into a prompt of its own and has no cap: 20,000 one-word texts in one 100 KB body
+  kept a server busy 10 s (a single text sent behind them waited 8 s) and grew its API server
+  by 158 MB, and a 64 MiB body holds ~13 million. Counted from the JSON, on any path, before
+  vLLM parses it; a body too small to hold more than the limit (2 bytes an item at the least)
+  is not read here at all, so short requests pay nothing.
 - ``/rerank`` and ``/score`` requests that vLLM would answer oddly get 400: an empty query (it
   would score "NULL"), no documents, or ``top_n`` beyond the documents (vLLM silently returns
   fewer). Only these paths (and SageMaker's ``/invocations``, which dispatches to them by the
@@ -25,12 +32,68 @@ RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
 INVOCATIONS = "/invocations"  # SageMaker: any request type, dispatched by the body's shape
 MAX_BODY_ENV = "QWEN3VL_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # on by default, for plain `vllm serve` too
+MAX_ITEMS_ENV = "QWEN3VL_MAX_ITEMS_PER_REQUEST"
+DEFAULT_MAX_ITEMS = 2048  # OpenAI's cap on an embeddings `input` array; TEI's default is 32
+# the request fields whose list elements each become a prompt (or a document, or a pair):
+# OpenAI `input`, Cohere `texts`/`images`/`inputs`, rerank `documents`, score `text_2`/`items`,
+# and query lists (`queries`, `text_1`)
+ITEM_FIELDS = ("input", "texts", "images", "inputs", "documents", "text_1", "text_2", "queries",
+               "items")
 
 
 def max_body_bytes(environ=None) -> int:
     """The body limit in force: ``QWEN3VL_MAX_BODY_BYTES``, else the default; 0 = none."""
     raw = (os.environ if environ is None else environ).get(MAX_BODY_ENV, "").strip()
     return DEFAULT_MAX_BODY_BYTES if raw == "" else int(raw)
+
+
+def max_items(environ=None) -> int:
+    """The item limit in force: ``QWEN3VL_MAX_ITEMS_PER_REQUEST``, else the default; 0 = none."""
+    raw = (os.environ if environ is None else environ).get(MAX_ITEMS_ENV, "").strip()
+    try:
+        value = DEFAULT_MAX_ITEMS if raw == "" else int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{MAX_ITEMS_ENV}={raw!r}: use a whole number of items per request, "
+                         f"e.g. {DEFAULT_MAX_ITEMS}, or 0 for no limit")
+    return value
+
+
+def _count(value) -> int:
+    """Prompts in one item field: a list of token ids is one prompt; any other list is one
+    per element; a single value is one."""
+    if not isinstance(value, list):
+        return 1
+    if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return 1
+    return len(value)
+
+
+def item_counts(data) -> dict[str, int]:
+    """How many items each field of a request body carries: ``ITEM_FIELDS`` that hold lists,
+    and the content parts of the ``messages`` (``messages[*].content``, summed)."""
+    if not isinstance(data, dict):
+        return {}
+    counts = {f: _count(data[f]) for f in ITEM_FIELDS if isinstance(data.get(f), list)}
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        parts = sum(len(m["content"]) for m in messages
+                    if isinstance(m, dict) and isinstance(m.get("content"), list))
+        if parts:
+            counts["messages"] = parts
+    return counts
+
+
+def items_problem(data, limit: int) -> str | None:
+    """The 400 message for a body with more than ``limit`` items in one field, else None."""
+    for field, n in item_counts(data).items():
+        if n > limit:
+            what = "content parts" if field == "messages" else "items"
+            return (f"{field}: {n} {what} in one request, above this server's limit of {limit}. "
+                    f"Send at most {limit} per request (several requests in parallel are fine), "
+                    f"or raise {MAX_ITEMS_ENV}")
+    return None
 
 
 def _error(status: int, message: str) -> bytes:
@@ -46,11 +109,21 @@ async def _reply(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def rerank_problem(body: bytes) -> str | None:
+TOO_DEEP = ("request body: JSON nested too deeply to read (Python's parser stops at ~1,000 "
+            "levels). Send a request whose lists and objects are nested a few levels deep")
+
+
+def _json(body: bytes):
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except ValueError:
         return None  # vLLM's own validation answers
+    except RecursionError:
+        return TOO_DEEP
+
+
+def rerank_problem(body: bytes | dict) -> str | None:
+    data = _json(body) if isinstance(body, (bytes, bytearray)) else body
     if not isinstance(data, dict):
         return None
     query = data.get("query", data.get("queries", data.get("text_1")))
@@ -75,6 +148,7 @@ class PolicyMiddleware:
 
         self.app = app
         self.max_body = max_body_bytes()
+        self.max_items = max_items()
         self.decode_limits = budget.limits()
 
     def _too_large(self, size: int) -> str:
@@ -91,12 +165,18 @@ class PolicyMiddleware:
             await self._post(scope, receive, send)
 
     async def _post(self, scope, receive, send):
-        if self.max_body:
-            for name, value in scope.get("headers", []):
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                    await _reply(send, 413, self._too_large(int(value)))
-                    return
-        if scope.get("path") in RERANK_PATHS or scope.get("path") == INVOCATIONS:
+        length = None
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        if self.max_body and length is not None and length > self.max_body:
+            await _reply(send, 413, self._too_large(length))
+            return
+        checked = scope.get("path") in RERANK_PATHS or scope.get("path") == INVOCATIONS
+        # more than max_items items take at least 2 bytes each ("0," or "a,"): a body that
+        # cannot hold them is passed on unread
+        count_items = bool(self.max_items) and (length is None or length > 2 * self.max_items)
+        if checked or count_items:
             chunks, size, more = [], 0, True
             while more:
                 message = await receive()
@@ -109,7 +189,12 @@ class PolicyMiddleware:
                     return
                 more = message.get("more_body", False)
             body = b"".join(chunks)
-            problem = rerank_problem(body)
+            data = _json(body)
+            if data is TOO_DEEP:
+                problem = TOO_DEEP
+            else:
+                problem = (rerank_problem(data) if checked else None) or \
+                    (items_problem(data, self.max_items) if self.max_items else None)
             if problem:
                 await _reply(send, 400, problem)
                 return

@@ -25,7 +25,7 @@ from typing import Any
 from qwen3vl_vllm.prompts.engine import chat_template_text
 from qwen3vl_vllm.serving import engine_hooks
 from qwen3vl_vllm.serving.detect import detect_kind
-from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, max_body_bytes
+from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, MAX_ITEMS_ENV, max_body_bytes, max_items
 from qwen3vl_vllm.serving.settings import (API_SERVER_THREADS, API_SERVER_THREADS_ENV, KEEP_ALIVE_ENV,
                                            KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES,
                                            gpu_api_server_count)
@@ -54,9 +54,10 @@ def apply_serve_defaults(args: Any) -> str | None:
         os.environ[MEDIA_CONNECTOR_ENV] = MEDIA_CONNECTOR
         logger.info("qwen3vl-vllm: media connector %r (images and frames prepared as the "
                     "reference does; set %s to change)", MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV)
-    limit = max_body_bytes()
-    logger.info("qwen3vl-vllm: request body limit %s (set %s; 0 for none)",
-                f"{limit} bytes" if limit else "off", MAX_BODY_ENV)
+    limit, items = max_body_bytes(), max_items()  # a bad value is refused here, by name
+    logger.info("qwen3vl-vllm: request body limit %s (set %s; 0 for none); at most %s items per "
+                "request (set %s; 0 for none)", f"{limit} bytes" if limit else "off", MAX_BODY_ENV,
+                items or "any number of", MAX_ITEMS_ENV)
     if KEEP_ALIVE_ENV not in os.environ:
         # read by vLLM when it starts uvicorn, after argument validation (this process only)
         os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)

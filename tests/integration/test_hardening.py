@@ -135,6 +135,31 @@ def test_body_limit_is_on_without_any_config(embedding_server):
     assert ok.status_code == 200
 
 
+def test_item_limit_is_on_without_any_config(embedding_server, reference_embedder):
+    """Plain `vllm serve`: 2,049 texts in one request get 400 (vLLM would embed them all, one
+    prompt each, with no cap); 2,048 are all embedded, the first as the reference embeds it."""
+    url = embedding_server.base_url
+    r = httpx.post(url + "/embeddings", timeout=120,
+                   json={"model": embedding_server.model, "input": ["a cat"] * 2049})
+    assert r.status_code == 400, r.text[:300]
+    message = r.json()["error"]["message"]
+    assert message.startswith("input: 2049 items in one request, above this server's limit of 2048")
+    assert "QWEN3VL_MAX_ITEMS_PER_REQUEST" in message
+    co = httpx.post(embedding_server.url + "/v2/embed", timeout=120,
+                    json={"model": embedding_server.model, "texts": ["a cat"] * 2049,
+                          "input_type": "search_document", "embedding_types": ["float"]})
+    assert co.status_code == 400 and co.json()["error"]["message"].startswith("texts: 2049 items")
+    ok = httpx.post(url + "/embeddings", timeout=300,
+                    json={"model": embedding_server.model, "input": ["a cat"] * 2048})
+    assert ok.status_code == 200, ok.text[:300]
+    data = ok.json()["data"]
+    assert len(data) == 2048 and [d["index"] for d in data] == list(range(2048))
+    want = np.asarray(reference_embedder.process([{"text": "a cat"}])[0], dtype=np.float32)
+    got = np.asarray(data[-1]["embedding"], dtype=np.float32)
+    assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) >= 0.999999
+    record("item_limit", {"status": r.status_code, "message": message[:200]})
+
+
 def _solid_frames_url(n: int, side: int) -> str:
     from PIL import Image
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from cases import noise_image, png_bytes, resolution_change_ts
 from launched import Launched
-from route_checks import assert_every_route_behind_the_key, probe_routes
+from route_checks import assert_every_route_behind_the_key, post_paths, probe_routes
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,6 +147,27 @@ def test_every_route_answers_401_without_the_key(keyed):
                      "/v1/rerank", "/metrics", "/version", "/health", "/ping"):
         assert expected in paths, (expected, sorted(paths))  # the table is the running app's
     record("route_table_reranker", rows)
+
+
+def test_every_post_route_counts_items(keyed):
+    """Every POST route of the running app (its own route table) refuses a body with more than
+    2,048 items with a 400 naming the field and the fix, before vLLM parses it; the server then
+    goes on serving."""
+    body = {"model": "x", "query": "q", "input": ["a"] * 2049}
+    paths = post_paths(keyed.table)
+    for expected in ("/v1/rerank", "/rerank", "/score", "/invocations", "/pooling", "/classify"):
+        assert expected in paths, (expected, paths)
+    answers = {}
+    for path in paths:
+        r = httpx.post(keyed.url + path, headers=AUTH, json=body, timeout=60)
+        answers[path] = r.status_code
+        assert r.status_code == 400, (path, r.status_code, r.text[:300])
+        assert _message(r).startswith("input: 2049 items in one request, above this server's "
+                                      "limit of 2048"), (path, _message(r))
+    r = _rerank(keyed, ["d"] * 2049)
+    assert r.status_code == 400 and _message(r).startswith("documents: 2049 items"), r.text[:300]
+    _still_serving(keyed)
+    record("item_limit_routes", answers)
 
 
 def test_nothing_is_read_before_the_key(keyed):

@@ -210,3 +210,18 @@ def test_truncate_and_decode_limits_reach_the_server_env():
     assert server_env(load_config("configs/tiny-embedding-cpu.yaml"), base={})["QWEN3VL_TRUNCATE"] == "0"
     with pytest.raises(Exception, match="media.max_decode_seconds: must be >= 0"):
         load_config("configs/tiny-embedding-cpu.yaml", ["media.max_decode_seconds=-1"])
+
+
+def test_item_limit_reaches_the_server_env():
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import server_env
+
+    env = server_env(load_config("configs/tiny-embedding-cpu.yaml"), base={})
+    assert env["QWEN3VL_MAX_ITEMS_PER_REQUEST"] == "2048"
+    env = server_env(load_config("configs/tiny-embedding-cpu.yaml", ["server.max_items_per_request=0"]), base={})
+    assert env["QWEN3VL_MAX_ITEMS_PER_REQUEST"] == "0"
+    res = _cli("serve", "--config", "configs/tiny-embedding-cpu.yaml", "--set",
+               "server.max_items_per_request=96", "--dry-run")
+    assert res.returncode == 0 and "QWEN3VL_MAX_ITEMS_PER_REQUEST=96" in res.stdout, res.stdout[:500]
+    with pytest.raises(Exception, match="server.max_items_per_request: must be >= 0"):
+        load_config("configs/tiny-embedding-cpu.yaml", ["server.max_items_per_request=-1"])

@@ -363,3 +363,88 @@ def test_over_long_inputs_get_the_fix_named():
     assert "QWEN3VL_TRUNCATE=1" in message
     sent = _run(_app(400, too_long), {"query": "q", "documents": ["d"]}, path="/v1/rerank")
     assert "fewer frames" in json.loads(sent[1]["body"])["error"]["message"]
+
+
+def _texts_body(n: int) -> bytes:
+    return json.dumps({"model": "m", "input": ["a"] * n}).encode()
+
+
+@pytest.mark.parametrize("body,field,n", [
+    ({"input": ["a"] * 2049}, "input", 2049),
+    ({"input": [[1, 2]] * 2049}, "input", 2049),                      # token-id prompts
+    ({"texts": ["t"] * 3000, "input_type": "search_document"}, "texts", 3000),   # Cohere /v2/embed
+    ({"images": ["data:image/png;base64,AA=="] * 2049}, "images", 2049),
+    ({"query": "q", "documents": ["d"] * 2049}, "documents", 2049),  # rerank
+    ({"text_1": "q", "text_2": ["d"] * 2500}, "text_2", 2500),        # score
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": ""}] * 2049}]},
+     "messages", 2049),
+])
+def test_policy_item_limit_names_the_field(monkeypatch, body, field, n):
+    """More than 2,048 items in any list a request carries: 400 naming the field, the count and
+    the fix, on any path, before the app (vLLM) reads a byte."""
+    monkeypatch.delenv("QWEN3VL_MAX_ITEMS_PER_REQUEST", raising=False)
+    for path in ("/v1/embeddings", "/v2/embed", "/invocations", "/score", "/pooling"):
+        status, out, reached = _policy_run(monkeypatch, json.dumps(body).encode(), path=path)
+        msg = json.loads(out)["error"]["message"]
+        assert status == 400 and not reached, (path, msg)
+        assert msg.startswith(f"{field}: {n} ") and "limit of 2048" in msg, msg
+        assert "QWEN3VL_MAX_ITEMS_PER_REQUEST" in msg and "at most 2048 per request" in msg
+
+
+def test_policy_item_limit_passes_what_fits(monkeypatch):
+    monkeypatch.delenv("QWEN3VL_MAX_ITEMS_PER_REQUEST", raising=False)
+    body = _texts_body(2048)
+    status, out, reached = _policy_run(monkeypatch, body)
+    assert status == 200 and reached == [body]  # the same bytes, read once
+    flat = json.dumps({"input": list(range(5000))}).encode()  # one prompt of token ids
+    status, out, reached = _policy_run(monkeypatch, flat)
+    assert status == 200 and reached == [flat]
+    junk = b"{" * 5000  # not JSON: vLLM's own validation answers it
+    status, out, reached = _policy_run(monkeypatch, junk)
+    assert status == 200 and reached == [junk]
+    deep = b"[" * 5000 + b"]" * 5000  # JSON that Python's parser cannot read: a 400, not a 500
+    status, out, reached = _policy_run(monkeypatch, deep)
+    assert status == 400 and not reached
+    assert "nested too deeply" in json.loads(out)["error"]["message"]
+
+
+def test_policy_item_limit_setting(monkeypatch):
+    from qwen3vl_vllm.serving.policy import PolicyMiddleware, max_items
+
+    monkeypatch.delenv("QWEN3VL_MAX_ITEMS_PER_REQUEST", raising=False)
+    assert max_items() == PolicyMiddleware(None).max_items == 2048
+    status, out, _ = _policy_run(monkeypatch, _texts_body(11), QWEN3VL_MAX_ITEMS_PER_REQUEST="10")
+    assert status == 400 and "input: 11 items" in json.loads(out)["error"]["message"]
+    status, _, reached = _policy_run(monkeypatch, _texts_body(5000), QWEN3VL_MAX_ITEMS_PER_REQUEST="0")
+    assert status == 200 and reached  # off
+    for bad in ("-1", "lots"):
+        with pytest.raises(ValueError, match="QWEN3VL_MAX_ITEMS_PER_REQUEST"):
+            max_items({"QWEN3VL_MAX_ITEMS_PER_REQUEST": bad})
+
+
+def test_policy_item_limit_reads_no_small_body(monkeypatch):
+    """A body of at most 2 bytes per allowed item cannot go over: with its length known, the
+    middleware passes its stream on untouched (the app reads it chunk by chunk)."""
+    from qwen3vl_vllm.serving.policy import PolicyMiddleware
+
+    monkeypatch.delenv("QWEN3VL_MAX_ITEMS_PER_REQUEST", raising=False)
+    parts = [b'{"input": ', b'"hello"}']
+    chunks = [{"type": "http.request", "body": c, "more_body": i == 0} for i, c in enumerate(parts)]
+    got = []
+
+    async def receive():
+        return chunks.pop(0)
+
+    async def app(scope, receive_, send):
+        got.append(await receive_())
+        got.append(await receive_())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(m):
+        pass
+
+    headers = [(b"content-length", str(sum(map(len, parts))).encode())]
+    asyncio.run(PolicyMiddleware(app)({"type": "http", "method": "POST", "path": "/v1/embeddings",
+                                       "headers": headers}, receive, send))
+    assert [m["body"] for m in got] == parts  # two chunks: not buffered
