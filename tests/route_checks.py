@@ -28,9 +28,7 @@ def probe_routes(base_url: str, table_path: Path, key: str, timeout: float = 60)
     rows = []
     with httpx.Client(timeout=timeout) as http:
         for route in table["routes"]:
-            paths = [_concrete(route["path"])]
-            if route["kind"] == "Mount":
-                paths.append(paths[0].rstrip("/") + "/anything")  # inside the mounted app too
+            paths = _route_paths(route)
             methods = ["GET", "POST"] if route["methods"] == ["*"] else route["methods"]
             for path in paths:
                 for method in methods:
@@ -48,16 +46,19 @@ def probe_routes(base_url: str, table_path: Path, key: str, timeout: float = 60)
     return rows
 
 
+def _route_paths(route: dict) -> list[str]:
+    """The concrete paths to send a route: its own, and inside a mounted app too."""
+    paths = [_concrete(route["path"])]
+    if route["kind"] == "Mount":
+        paths.append(paths[0].rstrip("/") + "/anything")
+    return paths
+
+
 def post_paths(table_path: Path) -> list[str]:
     """Every concrete path of the running app that takes a POST (mounted apps included)."""
     table = json.loads(Path(table_path).read_text())
-    out = []
-    for route in table["routes"]:
-        if route["methods"] == ["*"] or "POST" in route["methods"]:
-            out.append(_concrete(route["path"]))
-            if route["kind"] == "Mount":
-                out.append(out[-1].rstrip("/") + "/anything")
-    return out
+    return [path for route in table["routes"] if route["methods"] == ["*"] or "POST" in route["methods"]
+            for path in _route_paths(route)]
 
 
 def _websocket_row(base_url: str, path: str, key: str) -> dict:

@@ -124,8 +124,8 @@ def _json(body: bytes):
         return TOO_DEEP
 
 
-def rerank_problem(body: bytes | dict) -> str | None:
-    data = _json(body) if isinstance(body, (bytes, bytearray)) else body
+def rerank_problem(data) -> str | None:
+    """The 400 message for a rerank/score body (parsed JSON) vLLM would answer oddly, else None."""
     if not isinstance(data, dict):
         return None
     query = data.get("query", data.get("queries", data.get("text_1")))

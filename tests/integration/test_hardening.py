@@ -137,7 +137,7 @@ def test_body_limit_is_on_without_any_config(embedding_server):
 
 def test_item_limit_is_on_without_any_config(embedding_server, reference_embedder):
     """Plain `vllm serve`: 2,049 texts in one request get 400 (vLLM would embed them all, one
-    prompt each, with no cap); 2,048 are all embedded, the first as the reference embeds it."""
+    prompt each, with no cap); 2,048 are all embedded, in order, the last as the reference embeds it."""
     url = embedding_server.base_url
     r = httpx.post(url + "/embeddings", timeout=120,
                    json={"model": embedding_server.model, "input": ["a cat"] * 2049})
