@@ -119,7 +119,8 @@ SYMBOLS: tuple[Symbol, ...] = (
            ("model", "messages", "add_generation_prompt", "truncate_prompt_tokens", "truncation_side"),
            "constructed"),
     Symbol(("vllm.entrypoints.pooling.scoring.io_processor",), "CrossEncoderIOProcessor.get_score_prompt",
-           ("data_1", "data_2"), "reference truncation and sides (wrapped)"),
+           ("data_1", "data_2", "encode_kwargs"), "reference truncation and sides (wrapped; its "
+           "encode_kwargs ask for the whole prompt)"),
     Symbol(("vllm.entrypoints.pooling.base.io_processor",), "PoolingIOProcessor.__init__", (),
            "render on the request's context, short texts on the event loop (wrapped; reads .render "
            "and ._executor; a completion prompt is a dict with 'prompts')"),

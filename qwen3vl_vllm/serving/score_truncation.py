@@ -103,12 +103,13 @@ def _image_sizes(mm_data: Any) -> list[tuple[int, int]] | None:
 
 
 def truncate_engine_prompt(processor: Any, engine_prompt: dict, full_prompt: Any,
-                           encode_kwargs: dict | None) -> None:
+                           encode_kwargs: dict | None, *, whole: bool = False) -> None:
     """Cut ``engine_prompt``'s token ids in place when the pair is over the reference's length.
 
     vLLM tokenises with ``max_length = max_model_len + 1`` (enough to refuse a long prompt), which
-    drops the prompt's end, suffix included. A pair that long is tokenised again in full, as the
-    reference does, before the cut.
+    drops the prompt's end, suffix included. Unless the ids are ``whole`` (the patch asks vLLM
+    for them untruncated: ``whole_encode_kwargs``), a pair that long is tokenised again in
+    full, as the reference does, before the cut.
     """
     settings = _settings(processor)
     ids = engine_prompt.get("prompt_token_ids")
@@ -117,7 +118,7 @@ def truncate_engine_prompt(processor: Any, engine_prompt: dict, full_prompt: Any
     sizes = _image_sizes(engine_prompt.get("multi_modal_data"))
     if sizes is None:
         return
-    if len(ids) > settings["max_length"] + RERANK_SUFFIX_TOKENS and isinstance(full_prompt, str):
+    if not whole and len(ids) > settings["max_length"] + RERANK_SUFFIX_TOKENS and isinstance(full_prompt, str):
         add_special = (encode_kwargs or {}).get("add_special_tokens", True)
         ids = list(processor.tokenizer(full_prompt, add_special_tokens=add_special,
                                        truncation=False)["input_ids"])
@@ -127,6 +128,24 @@ def truncate_engine_prompt(processor: Any, engine_prompt: dict, full_prompt: Any
         engine_prompt["prompt_token_ids"] = fitted
         logger.debug("qwen3vl-vllm: reranker pair cut from %d to %d ids (reference truncation)",
                      len(ids), len(fitted))
+
+
+def whole_encode_kwargs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``get_score_prompt``'s arguments with its ``encode_kwargs`` asking for the whole prompt
+    (``truncation=False``, no ``max_length``). vLLM's cut at ``max_model_len + 1`` tokenises the
+    whole text anyway (a fast tokenizer truncates after encoding), so asking for it whole saves
+    the second tokenisation the reference's cut would need: half the time of a long pair
+    (a 3 M-character document took 8 s with both)."""
+    def whole(encode_kwargs):
+        out = {k: v for k, v in (encode_kwargs or {}).items() if k != "max_length"}
+        out["truncation"] = False
+        return out
+
+    if "encode_kwargs" in kwargs:
+        return args, {**kwargs, "encode_kwargs": whole(kwargs["encode_kwargs"])}
+    if args:
+        return (whole(args[0]), *args[1:]), kwargs
+    return args, kwargs  # vLLM's signature changed: leave it, the re-tokenisation still cuts
 
 
 def _part_text(part: Any) -> str | None:
@@ -168,11 +187,15 @@ def patch() -> str | None:
         return None
 
     def get_score_prompt(self, data_1, data_2, *args, **kwargs):
+        whole = False
         if _settings(self) is not None:
             data_1, data_2 = reference_side(data_1), reference_side(data_2)
+            if args or "encode_kwargs" in kwargs:
+                args, kwargs = whole_encode_kwargs(args, kwargs)
+                whole = True
         full_prompt, engine_prompt = original(self, data_1, data_2, *args, **kwargs)
         encode_kwargs = kwargs.get("encode_kwargs", args[0] if args else None)
-        truncate_engine_prompt(self, engine_prompt, full_prompt, encode_kwargs)
+        truncate_engine_prompt(self, engine_prompt, full_prompt, encode_kwargs, whole=whole)
         return full_prompt, engine_prompt
 
     setattr(get_score_prompt, _SENTINEL, True)

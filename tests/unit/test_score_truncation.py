@@ -131,3 +131,22 @@ def test_text_parts_of_a_side_are_concatenated_as_the_reference_does():
     assert reference_side([image, *texts]) == [image, {"type": "text", "text": "first, second"}]
     assert reference_side([texts[0], image]) == [texts[0], image]  # one text part: as given
     assert reference_side([]) == "NULL" and reference_side("") == "" and reference_side("q") == "q"
+
+
+def test_the_patch_asks_vllm_for_the_whole_prompt_once(monkeypatch):
+    """A long pair is tokenised once: vLLM is asked for the whole prompt (no max_length, no
+    truncation), and the cut works on those ids without a second tokenisation."""
+    monkeypatch.delenv("QWEN3VL_VLLM_KIND", raising=False)
+    capped = {"add_special_tokens": False, "truncation": True, "max_length": 31}
+    args, kwargs = st.whole_encode_kwargs((capped, "tmpl"), {})
+    assert args == ({"add_special_tokens": False, "truncation": False}, "tmpl") and kwargs == {}
+    args, kwargs = st.whole_encode_kwargs((), {"encode_kwargs": capped, "chat_template": None})
+    assert kwargs == {"encode_kwargs": {"add_special_tokens": False, "truncation": False}, "chat_template": None}
+    assert capped["max_length"] == 31  # the caller's dict is not changed
+    full = [901] + list(range(1, 60)) + [902, 5, 901, 6, 7]
+    tok = _Tok(full)
+    prompt = {"prompt_token_ids": list(full)}
+    st.truncate_engine_prompt(_processor("Qwen/Qwen3-VL-Reranker-2B", 30, tok), prompt, "p",
+                              args[0] if args else kwargs["encode_kwargs"], whole=True)
+    assert tok.calls == []
+    assert prompt["prompt_token_ids"] == _reference_cut(full, 30 - RERANK_SUFFIX_TOKENS)
