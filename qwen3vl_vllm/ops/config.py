@@ -24,7 +24,9 @@ from typing import Any
 
 from qwen3vl_vllm.media.budget import DEFAULT_IN_FLIGHT, DEFAULT_REQUEST_BYTES, DEFAULT_SECONDS
 from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS
-from qwen3vl_vllm.serving.policy import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS
+from qwen3vl_vllm.serving.policy import DEFAULT_MAX_BODY_BYTES
+from qwen3vl_vllm.serving.request_limits import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_TEXT_CHARS,
+                                                  DEFAULT_MAX_TEXT_CHARS)
 from qwen3vl_vllm.serving.settings import KEEP_ALIVE_S
 from qwen3vl_vllm.prompts.video_fit import (DEFAULT_MODE as VIDEO_FIT_DEFAULT,
                                             MODES as VIDEO_FIT_MODES)
@@ -41,6 +43,9 @@ class ServerConfig:
     api_key_env: str = "QWEN3VL_API_KEY"
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_items_per_request: int = DEFAULT_MAX_ITEMS  # items in one request's lists; 0: no limit
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # characters in one text; 0: no limit
+    # characters of text in one request, a rerank query once per document; 0: no limit
+    max_request_text_chars: int = DEFAULT_MAX_REQUEST_TEXT_CHARS
     keep_alive_s: int = KEEP_ALIVE_S  # idle keep-alive; must outlive client pools (see settings)
     # pass `input` strings and token ids through untemplated (callers who build the reference
     # prompt themselves); per request: "raw_prompt": true
@@ -126,7 +131,8 @@ CHOICES = {
     "server.video_fit": VIDEO_FIT_MODES,
 }
 NON_NEGATIVE = {"media.max_decoded_bytes_per_request", "media.max_decoded_bytes_in_flight",
-                "media.max_decode_seconds", "server.max_items_per_request"}
+                "media.max_decode_seconds", "server.max_items_per_request",
+                "server.max_text_chars", "server.max_request_text_chars"}
 POSITIVE = {"server.port", "server.max_request_bytes", "server.keep_alive_s", "media.min_pixels",
             "media.max_pixels", "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",
             "parallel.data_parallel_size", "parallel.tensor_parallel_size",

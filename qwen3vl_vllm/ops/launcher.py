@@ -64,7 +64,8 @@ class ServerStartError(RuntimeError):
 
 BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "reranker"}
 from qwen3vl_vllm.serving.embed_inputs import (INSTRUCTIONS_ENV, RAW_ENV, TRUNCATE_ENV)  # noqa: E402  (light: no vLLM import)
-from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, MAX_ITEMS_ENV  # noqa: E402  (light: no vLLM import)
+from qwen3vl_vllm.serving.policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
+from qwen3vl_vllm.serving.request_limits import MAX_ITEMS_ENV, MAX_REQUEST_TEXT_ENV, MAX_TEXT_ENV  # noqa: E402
 from qwen3vl_vllm.prompts.video_fit import (DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV)  # noqa: E402  (light: no vLLM import)
 from qwen3vl_vllm.serving.settings import (KEEP_ALIVE_ENV, MIDDLEWARES, REMOTE_MEDIA_ENV,
                                            REMOTE_OFF_DOMAIN)
@@ -171,7 +172,7 @@ def vllm_args(cfg, model: str, *, plugin: bool = True) -> list[str]:
 
 
 def server_env(cfg, base: dict | None = None) -> dict:
-    """Environment of the server: API key, body and item limits, CPU sizing."""
+    """Environment of the server: API key, body, item and text limits, CPU sizing."""
     env = vllm_env() if base is None else dict(base)
     key = os.environ.get(cfg.server.api_key_env)
     if key:
@@ -180,6 +181,8 @@ def server_env(cfg, base: dict | None = None) -> dict:
         env.pop("VLLM_API_KEY", None)
     env[MAX_BODY_ENV] = str(cfg.server.max_request_bytes)
     env[MAX_ITEMS_ENV] = str(cfg.server.max_items_per_request)
+    env[MAX_TEXT_ENV] = str(cfg.server.max_text_chars)
+    env[MAX_REQUEST_TEXT_ENV] = str(cfg.server.max_request_text_chars)
     env[KEEP_ALIVE_ENV] = str(cfg.server.keep_alive_s)
     if cfg.instructions:
         env[INSTRUCTIONS_ENV] = json.dumps(cfg.instructions, ensure_ascii=False, sort_keys=True)
@@ -212,6 +215,8 @@ def dry_run_command(cfg, model: str) -> str:
         env.append(f'VLLM_API_KEY="${cfg.server.api_key_env}"')
     env += [f"{MAX_BODY_ENV}={cfg.server.max_request_bytes}",
             f"{MAX_ITEMS_ENV}={cfg.server.max_items_per_request}",
+            f"{MAX_TEXT_ENV}={cfg.server.max_text_chars}",
+            f"{MAX_REQUEST_TEXT_ENV}={cfg.server.max_request_text_chars}",
             f"{KEEP_ALIVE_ENV}={cfg.server.keep_alive_s}"]
     if cfg.instructions:
         env.append(f"{INSTRUCTIONS_ENV}=" + shlex.quote(

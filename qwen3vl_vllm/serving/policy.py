@@ -3,14 +3,14 @@
 - ``QWEN3VL_MAX_BODY_BYTES`` (default 64 MiB, ``0`` for no limit): a request whose body is
   larger gets 413. Checked from the ``content-length`` header, and counted while the body
   streams in when there is none.
-- ``QWEN3VL_MAX_ITEMS_PER_REQUEST`` (default 2,048, OpenAI's own cap on an embeddings ``input``
-  array; ``0`` for no limit): a request with more items gets 400 naming the field. vLLM turns
-  every item into a prompt of its own and has no cap: 20,000 one-word texts in one 100 KB body
-  kept a server busy 10 s (a single text sent behind them waited 8 s) and grew its API server
-  by 158 MB, and a 64 MiB body holds ~13 million. Counted from the JSON, on any path, before
-  vLLM parses it; a body too small to hold more than the limit (2 bytes an item at the least)
-  is not read here at all, so short requests pay nothing. A larger one is read into one buffer
-  and parsed once more (``json.loads``: ~40 µs for a 512² photo's 45 KB body, ~0.26 ms for a
+- The limits of ``request_limits`` (each ``0`` for none): at most 2,048 items in any list
+  (``QWEN3VL_MAX_ITEMS_PER_REQUEST``), 4 Mi characters in one text
+  (``QWEN3VL_MAX_TEXT_CHARS``) and 16 Mi characters of text in one request, a scoring
+  request's query counted once per document (``QWEN3VL_MAX_REQUEST_TEXT_CHARS``). A request
+  over one gets 400 naming the field and the fix. Counted from the JSON, on any path, before
+  vLLM parses it; a body too small to go over any of them (2 bytes an item at the least) is not
+  read here at all, so short requests pay nothing. A larger one is read into one buffer and
+  parsed once more (``json.loads``: ~40 µs for a 512² photo's 45 KB body, ~0.26 ms for a
   screenshot's 212 KB), then handed to vLLM as it came.
 - ``/rerank`` and ``/score`` requests that vLLM would answer oddly get 400: an empty query (it
   would score "NULL"), no documents, or ``top_n`` beyond the documents (vLLM silently returns
@@ -28,19 +28,16 @@ cannot exist when ``media.remote_fetch`` is off). Where vLLM answers those with 
 from __future__ import annotations
 
 import json
+import math
 import os
+
+from qwen3vl_vllm.serving.request_limits import (DOC_FIELDS, QUERY_FIELDS, items_problem, max_items,
+                                                  max_request_text_chars, max_text_chars, text_problem)
 
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
 INVOCATIONS = "/invocations"  # SageMaker: any request type, dispatched by the body's shape
 MAX_BODY_ENV = "QWEN3VL_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # on by default, for plain `vllm serve` too
-MAX_ITEMS_ENV = "QWEN3VL_MAX_ITEMS_PER_REQUEST"
-DEFAULT_MAX_ITEMS = 2048  # OpenAI's cap on an embeddings `input` array; TEI's default is 32
-# the request fields whose list elements each become a prompt (or a document, or a pair):
-# OpenAI `input`, Cohere `texts`/`images`/`inputs`, rerank `documents`, score `text_2`/`items`,
-# and query lists (`queries`, `text_1`)
-ITEM_FIELDS = ("input", "texts", "images", "inputs", "documents", "text_1", "text_2", "queries",
-               "items")
 
 
 def max_body_bytes(environ=None) -> int:
@@ -49,53 +46,16 @@ def max_body_bytes(environ=None) -> int:
     return DEFAULT_MAX_BODY_BYTES if raw == "" else int(raw)
 
 
-def max_items(environ=None) -> int:
-    """The item limit in force: ``QWEN3VL_MAX_ITEMS_PER_REQUEST``, else the default; 0 = none."""
-    raw = (os.environ if environ is None else environ).get(MAX_ITEMS_ENV, "").strip()
-    try:
-        value = DEFAULT_MAX_ITEMS if raw == "" else int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{MAX_ITEMS_ENV}={raw!r}: use a whole number of items per request, "
-                         f"e.g. {DEFAULT_MAX_ITEMS}, or 0 for no limit")
-    return value
-
-
-def _count(value) -> int:
-    """Prompts in one item field: a list of token ids is one prompt; any other list is one
-    per element; a single value is one."""
-    if not isinstance(value, list):
-        return 1
-    if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return 1
-    return len(value)
-
-
-def item_counts(data) -> dict[str, int]:
-    """How many items each field of a request body carries: ``ITEM_FIELDS`` that hold lists,
-    and the content parts of the ``messages`` (``messages[*].content``, summed)."""
-    if not isinstance(data, dict):
-        return {}
-    counts = {f: _count(data[f]) for f in ITEM_FIELDS if isinstance(data.get(f), list)}
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        parts = sum(len(m["content"]) for m in messages
-                    if isinstance(m, dict) and isinstance(m.get("content"), list))
-        if parts:
-            counts["messages"] = parts
-    return counts
-
-
-def items_problem(data, limit: int) -> str | None:
-    """The 400 message for a body with more than ``limit`` items in one field, else None."""
-    for field, n in item_counts(data).items():
-        if n > limit:
-            what = "content parts" if field == "messages" else "items"
-            return (f"{field}: {n} {what} in one request, above this server's limit of {limit}. "
-                    f"Send at most {limit} per request (several requests in parallel are fine), "
-                    f"or raise {MAX_ITEMS_ENV}")
-    return None
+def min_body_to_read(items: int, text: int, total: int) -> int | None:
+    """The smallest body (bytes) that could go over one of the request limits (0 = off), or
+    None when all are off. An item takes 2 bytes at the least ("0," or "a,"); a text of n
+    characters n bytes; a query of q bytes paired with d documents of 3 bytes ('"",') fits in
+    q + 3d bytes and makes q x d characters, at most (bytes / 2)^2 / 3; other texts take a byte
+    a character at the least."""
+    bounds = [2 * items if items else None, text or None,
+              min(total, math.isqrt(12 * total)) if total else None]
+    bounds = [b for b in bounds if b is not None]
+    return min(bounds) if bounds else None
 
 
 def _error(status: int, message: str) -> bytes:
@@ -128,12 +88,12 @@ def rerank_problem(data) -> str | None:
     """The 400 message for a rerank/score body (parsed JSON) vLLM would answer oddly, else None."""
     if not isinstance(data, dict):
         return None
-    query = data.get("query", data.get("queries", data.get("text_1")))
+    query = next((data[f] for f in QUERY_FIELDS if f in data), None)
     # "" is an empty text part, as the reference scores {"text": ""}; only a query with no
     # content at all would score nothing in the reference
     if query == [] or (isinstance(query, dict) and not query.get("content")):
         return "query: empty. Give the query a text, image or video (\"\" is an empty text)"
-    docs = data.get("documents", data.get("items", data.get("text_2")))
+    docs = next((data[f] for f in DOC_FIELDS if f in data), None)
     if isinstance(docs, list) and not docs:
         return "documents: empty list. Give at least one document"
     top_n = data.get("top_n")
@@ -151,6 +111,9 @@ class PolicyMiddleware:
         self.app = app
         self.max_body = max_body_bytes()
         self.max_items = max_items()
+        self.max_text = max_text_chars()
+        self.max_request_text = max_request_text_chars()
+        self.read_from = min_body_to_read(self.max_items, self.max_text, self.max_request_text)
         self.decode_limits = budget.limits()
 
     def _too_large(self, size: int) -> str:
@@ -175,10 +138,9 @@ class PolicyMiddleware:
             await _reply(send, 413, self._too_large(length))
             return
         checked = scope.get("path") in RERANK_PATHS or scope.get("path") == INVOCATIONS
-        # more than max_items items take at least 2 bytes each ("0," or "a,"): a body that
-        # cannot hold them is passed on unread
-        count_items = bool(self.max_items) and (length is None or length > 2 * self.max_items)
-        if checked or count_items:
+        # a body too short to go over a request limit is passed on unread
+        count = self.read_from is not None and (length is None or length > self.read_from)
+        if checked or count:
             chunks, size, more = [], 0, True
             while more:
                 message = await receive()
@@ -196,7 +158,8 @@ class PolicyMiddleware:
                 problem = TOO_DEEP
             else:
                 problem = (rerank_problem(data) if checked else None) or \
-                    (items_problem(data, self.max_items) if self.max_items else None)
+                    (items_problem(data, self.max_items) if self.max_items else None) or \
+                    text_problem(data, max_text=self.max_text, max_total=self.max_request_text)
             if problem:
                 await _reply(send, 400, problem)
                 return

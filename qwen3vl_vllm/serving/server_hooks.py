@@ -25,7 +25,9 @@ from typing import Any
 from qwen3vl_vllm.prompts.engine import chat_template_text
 from qwen3vl_vllm.serving import engine_hooks
 from qwen3vl_vllm.serving.detect import detect_kind
-from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, MAX_ITEMS_ENV, max_body_bytes, max_items
+from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, max_body_bytes
+from qwen3vl_vllm.serving.request_limits import (MAX_ITEMS_ENV, MAX_REQUEST_TEXT_ENV, MAX_TEXT_ENV, max_items,
+                                                  max_request_text_chars, max_text_chars)
 from qwen3vl_vllm.serving.settings import (API_SERVER_THREADS, API_SERVER_THREADS_ENV, KEEP_ALIVE_ENV,
                                            KEEP_ALIVE_S, MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV, MIDDLEWARES,
                                            gpu_api_server_count)
@@ -54,10 +56,13 @@ def apply_serve_defaults(args: Any) -> str | None:
         os.environ[MEDIA_CONNECTOR_ENV] = MEDIA_CONNECTOR
         logger.info("qwen3vl-vllm: media connector %r (images and frames prepared as the "
                     "reference does; set %s to change)", MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV)
-    limit, items = max_body_bytes(), max_items()  # a bad value is refused here, by name
-    logger.info("qwen3vl-vllm: request body limit %s (set %s; 0 for none); at most %s items per "
-                "request (set %s; 0 for none)", f"{limit} bytes" if limit else "off", MAX_BODY_ENV,
-                items or "any number of", MAX_ITEMS_ENV)
+    # a bad value is refused here, by name
+    limit, items, text, total = max_body_bytes(), max_items(), max_text_chars(), max_request_text_chars()
+    logger.info("qwen3vl-vllm: request body limit %s (set %s); at most %s items per request (%s), "
+                "%s characters per text (%s), %s characters of text per request, a rerank query "
+                "once per document (%s); 0 for none", f"{limit} bytes" if limit else "off",
+                MAX_BODY_ENV, items or "any number of", MAX_ITEMS_ENV, text or "any number of",
+                MAX_TEXT_ENV, total or "any number of", MAX_REQUEST_TEXT_ENV)
     if KEEP_ALIVE_ENV not in os.environ:
         # read by vLLM when it starts uvicorn, after argument validation (this process only)
         os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)

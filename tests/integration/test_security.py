@@ -170,6 +170,40 @@ def test_every_post_route_counts_items(keyed):
     record("item_limit_routes", answers)
 
 
+def test_every_post_route_bounds_the_text_it_tokenises(keyed):
+    """A 21 KB body whose query, paired with each of its 1,025 documents, would make the server
+    tokenise 16.8 million characters (vLLM tokenises every pair whole: a 300,000-character query
+    with 40 documents took 20 s on this server's model) gets a 400 on every POST route of the
+    running app; so do a 4 Mi + 1 character document, /tokenize prompt (4 GB and 32 s for 20 M
+    characters there) and /detokenize id list. What fits is scored, and the server goes on
+    serving."""
+    amplified = {"model": "x", "query": "q" * 16384, "documents": ["d"] * 1025}
+    paths = post_paths(keyed.table)
+    answers = {}
+    for path in paths:
+        r = httpx.post(keyed.url + path, headers=AUTH, json=amplified, timeout=60)
+        answers[path] = r.status_code
+        assert r.status_code == 400, (path, r.status_code, r.text[:300])
+        assert _message(r).startswith("query: 16384 characters, tokenised once per document "
+                                      "(1025 documents): 16794625 characters for this request, "
+                                      "above this server's limit of 16777216"), (path, _message(r))
+    long_text = "a" * (4 * 1024 * 1024 + 1)
+    r = _rerank(keyed, ["a cat", long_text])
+    assert r.status_code == 400 and _message(r).startswith(
+        "documents[1]: 4194305 characters in one text, above this server's limit of 4194304"), r.text[:300]
+    assert "QWEN3VL_MAX_TEXT_CHARS" in _message(r)
+    r = httpx.post(keyed.url + "/tokenize", headers=AUTH, timeout=60, json={"prompt": long_text})
+    assert r.status_code == 400 and _message(r).startswith("prompt: 4194305 characters"), r.text[:300]
+    r = httpx.post(keyed.url + "/detokenize", headers=AUTH, timeout=60,
+                   json={"tokens": [64] * (4 * 1024 * 1024 + 1)})
+    assert r.status_code == 400 and _message(r).startswith("tokens: 4194305 token ids"), r.text[:300]
+    # a query paired with documents within the limit: scored, one result per document
+    r = _rerank(keyed, ["a cat on a mat", "stock prices", "q" * 2000])
+    assert r.status_code == 200 and sorted(x["index"] for x in r.json()["results"]) == [0, 1, 2]
+    _still_serving(keyed)
+    record("text_limit_routes", answers)
+
+
 def test_nothing_is_read_before_the_key(keyed):
     """A keyless request is answered 401 before its body is read: a 60 MiB upload that never
     comes still gets its 401, and a keyless malformed body is a 401, not a 400."""

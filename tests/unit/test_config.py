@@ -225,3 +225,22 @@ def test_item_limit_reaches_the_server_env():
     assert res.returncode == 0 and "QWEN3VL_MAX_ITEMS_PER_REQUEST=96" in res.stdout, res.stdout[:500]
     with pytest.raises(Exception, match="server.max_items_per_request: must be >= 0"):
         load_config("configs/tiny-embedding-cpu.yaml", ["server.max_items_per_request=-1"])
+
+
+def test_text_limits_reach_the_server_env():
+    from qwen3vl_vllm.ops.config import load_config
+    from qwen3vl_vllm.ops.launcher import server_env
+
+    env = server_env(load_config("configs/tiny-embedding-cpu.yaml"), base={})
+    assert env["QWEN3VL_MAX_TEXT_CHARS"] == "4194304"
+    assert env["QWEN3VL_MAX_REQUEST_TEXT_CHARS"] == "16777216"
+    env = server_env(load_config("configs/tiny-embedding-cpu.yaml", ["server.max_text_chars=0",
+                                                                   "server.max_request_text_chars=5"]), base={})
+    assert env["QWEN3VL_MAX_TEXT_CHARS"] == "0" and env["QWEN3VL_MAX_REQUEST_TEXT_CHARS"] == "5"
+    res = _cli("serve", "--config", "configs/tiny-embedding-cpu.yaml", "--set", "server.max_text_chars=123",
+               "--set", "server.max_request_text_chars=456", "--dry-run")
+    assert res.returncode == 0, res.stdout[:500]
+    assert "QWEN3VL_MAX_TEXT_CHARS=123" in res.stdout and "QWEN3VL_MAX_REQUEST_TEXT_CHARS=456" in res.stdout
+    for key in ("server.max_text_chars", "server.max_request_text_chars"):
+        with pytest.raises(Exception, match=f"{key}: must be >= 0"):
+            load_config("configs/tiny-embedding-cpu.yaml", [f"{key}=-1"])
