@@ -149,6 +149,18 @@ def test_every_route_answers_401_without_the_key(keyed):
     record("route_table_reranker", rows)
 
 
+def _every_post_route_refuses(srv, body: dict, message: str) -> dict:
+    """POST ``body`` to every POST route of the running app: each must answer 400 with a message
+    that starts with ``message``. Returns the status by path."""
+    answers = {}
+    for path in post_paths(srv.table):
+        r = httpx.post(srv.url + path, headers=AUTH, json=body, timeout=60)
+        answers[path] = r.status_code
+        assert r.status_code == 400, (path, r.status_code, r.text[:300])
+        assert _message(r).startswith(message), (path, _message(r))
+    return answers
+
+
 def test_every_post_route_counts_items(keyed):
     """Every POST route of the running app (its own route table) refuses a body with more than
     2,048 items with a 400 naming the field and the fix, before vLLM parses it; the server then
@@ -157,13 +169,8 @@ def test_every_post_route_counts_items(keyed):
     paths = post_paths(keyed.table)
     for expected in ("/v1/rerank", "/rerank", "/score", "/invocations", "/pooling", "/classify"):
         assert expected in paths, (expected, paths)
-    answers = {}
-    for path in paths:
-        r = httpx.post(keyed.url + path, headers=AUTH, json=body, timeout=60)
-        answers[path] = r.status_code
-        assert r.status_code == 400, (path, r.status_code, r.text[:300])
-        assert _message(r).startswith("input: 2049 items in one request, above this server's "
-                                      "limit of 2048"), (path, _message(r))
+    answers = _every_post_route_refuses(keyed, body, "input: 2049 items in one request, above "
+                                               "this server's limit of 2048")
     r = _rerank(keyed, ["d"] * 2049)
     assert r.status_code == 400 and _message(r).startswith("documents: 2049 items"), r.text[:300]
     _still_serving(keyed)
@@ -178,15 +185,9 @@ def test_every_post_route_bounds_the_text_it_tokenises(keyed):
     characters there) and /detokenize id list. What fits is scored, and the server goes on
     serving."""
     amplified = {"model": "x", "query": "q" * 16384, "documents": ["d"] * 1025}
-    paths = post_paths(keyed.table)
-    answers = {}
-    for path in paths:
-        r = httpx.post(keyed.url + path, headers=AUTH, json=amplified, timeout=60)
-        answers[path] = r.status_code
-        assert r.status_code == 400, (path, r.status_code, r.text[:300])
-        assert _message(r).startswith("query: 16384 characters, tokenised once per document "
-                                      "(1025 documents): 16794625 characters for this request, "
-                                      "above this server's limit of 16777216"), (path, _message(r))
+    answers = _every_post_route_refuses(keyed, amplified, "query: 16384 characters, tokenised once "
+                                        "per document (1025 documents): 16794625 characters for "
+                                        "this request, above this server's limit of 16777216")
     long_text = "a" * (4 * 1024 * 1024 + 1)
     r = _rerank(keyed, ["a cat", long_text])
     assert r.status_code == 400 and _message(r).startswith(
