@@ -8,16 +8,15 @@ vLLM bounds none of these, and each one lets a small body cost minutes or gigaby
 - **characters in one text** (``QWEN3VL_MAX_TEXT_CHARS``, default 4 Mi = 4,194,304): vLLM
   tokenises a reranker's document and a ``/tokenize`` prompt whole, whatever its length (an
   embedding input it cuts to ``max_model_len`` × the longest token first). On a tiny server
-  (measured, 2 cores): a 3 M-character document took 8 s and 630 MB, a 20 M-character
-  ``/tokenize`` prompt 32 s and 4 GB. The models read at most 8,192 (embedding) or 10,240
+  (measured, 2 cores, ``benchmarks/text_limits.py``): a 3 M-character document took 3.2 s and
+  +635 MB, a 20 M-character ``/tokenize`` prompt 32 s and +4 GB. The models read at most 8,192 (embedding) or 10,240
   (reranker) tokens, so a text of 4 Mi characters is cut by the reference anyway unless its
   tokens average over 400 characters. A list of token ids counts one per id.
 - **characters in one request** (``QWEN3VL_MAX_REQUEST_TEXT_CHARS``, default 16 Mi =
   16,777,216): a rerank or score request pairs its query with every document, and each pair is
   tokenised whole, so a query is tokenised once per document. A 300,000-character query with
-  40 one-word documents took 20 s on the tiny server, and a small request sent behind it
-  waited 19 s (vLLM tokenises on one thread): with 2,048 documents, ~18 minutes from a 300 KB
-  body. So a request's texts are counted with its query once per document. 16 Mi characters is
+  40 short documents took 9.2 s on the tiny server, and a small request sent behind it waited
+  8.2 s (vLLM tokenises on one thread): with 2,048 documents, ~8 minutes from a 300 KB body. So a request's texts are counted with its query once per document. 16 Mi characters is
   ~4 million tokens of English, 14x the 300,000 tokens OpenAI allows in one embeddings request:
   any batch an OpenAI client sends passes.
 
