@@ -12,6 +12,9 @@
   read here at all, so short requests pay nothing. A larger one is read into one buffer and
   parsed once more (``json.loads``: ~40 µs for a 512² photo's 45 KB body, ~0.26 ms for a
   screenshot's 212 KB), then handed to vLLM as it came.
+- ``QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT`` (default 512 MiB, ``0`` for none, ``body_pool``): the
+  bodies of all requests in flight together; a request that would go over waits before its
+  body is read, then gets 503 with ``Retry-After``.
 - ``/rerank`` and ``/score`` requests that vLLM would answer oddly get 400: an empty query (it
   would score "NULL"), no documents, or ``top_n`` beyond the documents (vLLM silently returns
   fewer). Only these paths (and SageMaker's ``/invocations``, which dispatches to them by the
@@ -31,6 +34,7 @@ import json
 import math
 import os
 
+from qwen3vl_vllm.serving.body_pool import RETRY_AFTER_S, BodyPool, in_flight_limit
 from qwen3vl_vllm.serving.request_limits import (DOC_FIELDS, QUERY_FIELDS, items_problem, max_items,
                                                   max_request_text_chars, max_text_chars, text_problem)
 
@@ -59,15 +63,16 @@ def min_body_to_read(items: int, text: int, total: int) -> int | None:
 
 
 def _error(status: int, message: str) -> bytes:
-    kind = {400: "BadRequestError", 413: "RequestTooLargeError"}.get(status, "Error")
+    kind = {400: "BadRequestError", 413: "RequestTooLargeError", 503: "ServiceUnavailableError"}.get(status, "Error")
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
 
 
-async def _reply(send, status: int, message: str) -> None:
+async def _reply(send, status: int, message: str, retry_after: int | None = None) -> None:
     body = _error(status, message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -114,6 +119,7 @@ class PolicyMiddleware:
         self.max_text = max_text_chars()
         self.max_request_text = max_request_text_chars()
         self.read_from = min_body_to_read(self.max_items, self.max_text, self.max_request_text)
+        self.bodies = BodyPool(in_flight_limit())
         self.decode_limits = budget.limits()
 
     def _too_large(self, size: int) -> str:
@@ -137,6 +143,25 @@ class PolicyMiddleware:
         if self.max_body and length is not None and length > self.max_body:
             await _reply(send, 413, self._too_large(length))
             return
+        held = [0]  # bytes this request holds in the process's body pool, released at its end
+        if length:
+            if not await self.bodies.acquire(length):
+                await _reply(send, 503, self.bodies.busy_message(length), retry_after=RETRY_AFTER_S)
+                return
+            held[0] = length
+        try:
+            await self._read_and_serve(scope, receive, send, length, held)
+        finally:
+            self.bodies.release(held[0])
+
+    def _hold_chunk(self, held: list, n: int) -> bool:
+        """Count a chunk of a body sent without a length; False when the pool is full."""
+        if not self.bodies.try_add(n):
+            return False
+        held[0] += n
+        return True
+
+    async def _read_and_serve(self, scope, receive, send, length, held):
         checked = scope.get("path") in RERANK_PATHS or scope.get("path") == INVOCATIONS
         # a body too short to go over a request limit is passed on unread
         count = self.read_from is not None and (length is None or length > self.read_from)
@@ -150,6 +175,9 @@ class PolicyMiddleware:
                 size += len(chunks[-1])
                 if self.max_body and size > self.max_body:
                     await _reply(send, 413, self._too_large(size))
+                    return
+                if length is None and not self._hold_chunk(held, len(chunks[-1])):
+                    await _reply(send, 503, self.bodies.busy_message(size), retry_after=RETRY_AFTER_S)
                     return
                 more = message.get("more_body", False)
             body = b"".join(chunks)
@@ -177,15 +205,20 @@ class PolicyMiddleware:
         if not self.max_body:
             await self.app(scope, receive, send)
             return
-        # no content-length: count while the app reads; stop feeding it past the limit
-        state = {"size": 0, "over": False, "started": False}
+        # count while the app reads; stop feeding it past the limit (or, with no content-length,
+        # past the room in the body pool)
+        state = {"size": 0, "over": False, "busy": False, "started": False}
 
         async def counted():
             message = await receive()
             if message["type"] == "http.request":
-                state["size"] += len(message.get("body", b""))
+                n = len(message.get("body", b""))
+                state["size"] += n
                 if state["size"] > self.max_body:
                     state["over"] = True
+                    return {"type": "http.disconnect"}
+                if length is None and not self._hold_chunk(held, n):
+                    state["busy"] = True
                     return {"type": "http.disconnect"}
             return message
 
@@ -197,7 +230,9 @@ class PolicyMiddleware:
         try:
             await self.app(scope, counted, tracked)
         except Exception:
-            if not state["over"]:
+            if not (state["over"] or state["busy"]):
                 raise
         if state["over"] and not state["started"]:
             await _reply(send, 413, self._too_large(state["size"]))
+        elif state["busy"] and not state["started"]:
+            await _reply(send, 503, self.bodies.busy_message(state["size"]), retry_after=RETRY_AFTER_S)

@@ -52,7 +52,9 @@ TEXT_FIELDS = ("input", "prompt", "tokens", "texts", "inputs", "messages") + QUE
 _TEXT_KEYS = ("text", "content", "prompt")  # where a part, message or document holds its text
 
 
-def _limit(environ, name: str, default: int, unit: str) -> int:
+def env_limit(environ, name: str, default: int, unit: str) -> int:
+    """A whole-number limit from the environment (``default`` when unset; 0 = none); a bad or
+    negative value is refused by name."""
     raw = (os.environ if environ is None else environ).get(name, "").strip()
     try:
         value = default if raw == "" else int(raw)
@@ -66,18 +68,18 @@ def _limit(environ, name: str, default: int, unit: str) -> int:
 
 def max_items(environ=None) -> int:
     """The item limit in force: ``QWEN3VL_MAX_ITEMS_PER_REQUEST``, else the default; 0 = none."""
-    return _limit(environ, MAX_ITEMS_ENV, DEFAULT_MAX_ITEMS, "items per request")
+    return env_limit(environ, MAX_ITEMS_ENV, DEFAULT_MAX_ITEMS, "items per request")
 
 
 def max_text_chars(environ=None) -> int:
     """Characters in one text: ``QWEN3VL_MAX_TEXT_CHARS``, else the default; 0 = none."""
-    return _limit(environ, MAX_TEXT_ENV, DEFAULT_MAX_TEXT_CHARS, "characters per text")
+    return env_limit(environ, MAX_TEXT_ENV, DEFAULT_MAX_TEXT_CHARS, "characters per text")
 
 
 def max_request_text_chars(environ=None) -> int:
     """Characters tokenised for one request: ``QWEN3VL_MAX_REQUEST_TEXT_CHARS``, else the
     default; 0 = none."""
-    return _limit(environ, MAX_REQUEST_TEXT_ENV, DEFAULT_MAX_REQUEST_TEXT_CHARS,
+    return env_limit(environ, MAX_REQUEST_TEXT_ENV, DEFAULT_MAX_REQUEST_TEXT_CHARS,
                   "characters per request")
 
 
