@@ -32,6 +32,7 @@ REPORT = ROOT / ".cache" / "reports" / "security.json"
 KEY = "security-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BUDGET = 64 * 2**20
+BODIES_IN_FLIGHT = 8 * 2**20  # request bodies held at once (the tests' requests come one at a time)
 
 
 def record(key, value):
@@ -108,7 +109,8 @@ def media_servers():
 def keyed(media_servers, reranker_ckpt, tmp_path_factory):
     table = tmp_path_factory.mktemp("routes") / "routes.json"
     srv = Launched("configs/tiny-reranker-cpu.yaml", f"media.max_decoded_bytes_per_request={BUDGET}",
-                   "media.max_decode_seconds=1", "media.remote_fetch=true", name="security-reranker",
+                   "media.max_decode_seconds=1", "media.remote_fetch=true",
+                   f"server.max_request_bytes_in_flight={BODIES_IN_FLIGHT}", name="security-reranker",
                    env_extra={"QWEN3VL_API_KEY": KEY, "QWEN3VL_ROUTE_TABLE": str(table),
                               "QWEN3VL_MEDIA_ALLOWED_ORIGINS": f"{media_servers.a},{media_servers.closed}",
                               "VLLM_IMAGE_FETCH_TIMEOUT": "2"})
@@ -203,6 +205,40 @@ def test_every_post_route_bounds_the_text_it_tokenises(keyed):
     assert r.status_code == 200 and sorted(x["index"] for x in r.json()["results"]) == [0, 1, 2]
     _still_serving(keyed)
     record("text_limit_routes", answers)
+
+
+def test_request_bodies_in_flight_are_bounded(keyed):
+    """One upload that declares 8 MiB - 1,000 bytes and sends 10 holds that room while it
+    trickles; a 2 KB request to every POST route of the running app then waits for room (10 s,
+    all at once) and gets 503 with Retry-After, naming the setting. When the upload goes away its
+    room is free again, and a request of 6 MB goes through the pool to the checks behind it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    declared = BODIES_IN_FLIGHT - 1000
+    small = {"model": "x", "query": "q", "documents": ["d" * 2000]}
+    paths = post_paths(keyed.table)
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=60) as holder:
+        holder.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                       b"Content-Length: " + str(declared).encode() + b"\r\n\r\n{\"query\": ")
+        time.sleep(1.0)
+
+        def post(path):
+            return path, httpx.post(keyed.url + path, headers=AUTH, json=small, timeout=60)
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = dict(pool.map(post, paths))
+    for path, r in answers.items():
+        assert r.status_code == 503, (path, r.status_code, r.text[:300])
+        assert r.headers.get("retry-after") == "2", (path, dict(r.headers))
+        assert _message(r).startswith(f"server busy: it holds {declared} bytes of request bodies in "
+                                      "flight"), (path, _message(r))
+        assert "QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT" in _message(r)
+    time.sleep(1.0)  # the server sees the upload end and frees its room
+    r = httpx.post(keyed.url + "/tokenize", headers=AUTH, timeout=60, json={"prompt": "a" * 6_000_000})
+    assert r.status_code == 400 and _message(r).startswith("prompt: 6000000 characters in one text"), r.text[:300]
+    _still_serving(keyed)
+    record("bodies_in_flight_routes", {p: r.status_code for p, r in answers.items()})
 
 
 def test_nothing_is_read_before_the_key(keyed):
