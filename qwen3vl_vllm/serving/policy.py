@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 from qwen3vl_vllm.serving.body_pool import RETRY_AFTER_S, BodyPool, in_flight_limit
-from qwen3vl_vllm.serving.request_limits import (DOC_FIELDS, QUERY_FIELDS, items_problem, max_items,
-                                                  max_request_text_chars, max_text_chars, text_problem)
+from qwen3vl_vllm.serving.request_limits import (DOC_FIELDS, QUERY_FIELDS, env_limit, items_problem,
+                                                  max_items, max_request_text_chars, max_text_chars,
+                                                  text_problem)
 
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
 INVOCATIONS = "/invocations"  # SageMaker: any request type, dispatched by the body's shape
@@ -46,8 +46,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # on by default, for plain `vllm serv
 
 def max_body_bytes(environ=None) -> int:
     """The body limit in force: ``QWEN3VL_MAX_BODY_BYTES``, else the default; 0 = none."""
-    raw = (os.environ if environ is None else environ).get(MAX_BODY_ENV, "").strip()
-    return DEFAULT_MAX_BODY_BYTES if raw == "" else int(raw)
+    return env_limit(environ, MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES, "bytes")
 
 
 def min_body_to_read(items: int, text: int, total: int) -> int | None:

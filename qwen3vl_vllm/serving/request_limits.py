@@ -9,15 +9,17 @@ vLLM bounds none of these, and each one lets a small body cost minutes or gigaby
   tokenises a reranker's document and a ``/tokenize`` prompt whole, whatever its length (an
   embedding input it cuts to ``max_model_len`` × the longest token first). On a tiny server
   (measured, 2 cores, ``benchmarks/text_limits.py``): a 3 M-character document took 3.2 s and
-  +635 MB, a 20 M-character ``/tokenize`` prompt 32 s and +4 GB. The models read at most 8,192 (embedding) or 10,240
-  (reranker) tokens, so a text of 4 Mi characters is cut by the reference anyway unless its
-  tokens average over 400 characters. A list of token ids counts one per id.
+  +635 MB, a 20 M-character ``/tokenize`` prompt 32 s and +4 GB. The models read at most 8,192
+  (embedding) or 10,240 (reranker) tokens, so a text of 4 Mi characters is cut by the
+  reference anyway unless its tokens average over 400 characters. A list of token ids counts
+  one per id.
 - **characters in one request** (``QWEN3VL_MAX_REQUEST_TEXT_CHARS``, default 16 Mi =
   16,777,216): a rerank or score request pairs its query with every document, and each pair is
   tokenised whole, so a query is tokenised once per document. A 300,000-character query with
   40 short documents took 9.2 s on the tiny server, and a small request sent behind it waited
-  8.2 s (vLLM tokenises on one thread): with 2,048 documents, ~8 minutes from a 300 KB body. So a request's texts are counted with its query once per document. 16 Mi characters is
-  ~4 million tokens of English, 14x the 300,000 tokens OpenAI allows in one embeddings request:
+  8.2 s (vLLM tokenises on one thread): with 2,048 documents, ~8 minutes from a 300 KB body.
+  So a request's texts are counted with its query once per document. 16 Mi characters is ~4
+  million tokens of English, 14x the 300,000 tokens OpenAI allows in one embeddings request:
   any batch an OpenAI client sends passes.
 
 Only texts are counted: the strings of ``input``, ``prompt``, ``texts``, the query and document
@@ -140,10 +142,9 @@ def texts(value, where: str):
                 yield from texts(value[key], f"{where}.{key}")
 
 
-def _side_chars(value) -> tuple[int, int]:
-    """(items, characters) of one side of a scoring request."""
-    items = value if isinstance(value, list) and not _is_ids(value) else [value]
-    return len(items), sum(n for _, n, _ in texts(value, ""))
+def _side_items(value) -> int:
+    """Items on one side of a scoring request: one per list element, else one."""
+    return len(value) if isinstance(value, list) and not _is_ids(value) else 1
 
 
 def text_problem(data, *, max_text: int, max_total: int) -> str | None:
@@ -153,6 +154,7 @@ def text_problem(data, *, max_text: int, max_total: int) -> str | None:
     if not isinstance(data, dict):
         return None
     total = 0
+    by_field = {}
     for field in TEXT_FIELDS:
         if field not in data:
             continue
@@ -162,14 +164,15 @@ def text_problem(data, *, max_text: int, max_total: int) -> str | None:
                         "The models read at most the first 8,192 (embedding) or 10,240 (reranker) "
                         f"tokens of a text: send that part, or raise {MAX_TEXT_ENV}")
             total += n
+            by_field[field] = by_field.get(field, 0) + n
     if not max_total:
         return None
     query_field = next((f for f in QUERY_FIELDS if f in data), None)
     doc_field = next((f for f in DOC_FIELDS if f in data), None)
     if query_field is not None and doc_field is not None:
-        n_queries, query_chars = _side_chars(data[query_field])
-        n_docs, _ = _side_chars(data[doc_field])
-        if n_queries == 1 and n_docs > 1:  # one query paired with every document
+        query_chars = by_field.get(query_field, 0)
+        n_docs = _side_items(data[doc_field])
+        if _side_items(data[query_field]) == 1 and n_docs > 1:  # one query paired with every document
             repeats = query_chars * (n_docs - 1)
             if total + repeats > max_total:
                 return (f"{query_field}: {query_chars} characters, tokenised once per document "

@@ -130,22 +130,22 @@ def truncate_engine_prompt(processor: Any, engine_prompt: dict, full_prompt: Any
                      len(ids), len(fitted))
 
 
-def whole_encode_kwargs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def whole_encode_kwargs(args: tuple, kwargs: dict) -> tuple[tuple, dict, bool]:
     """``get_score_prompt``'s arguments with its ``encode_kwargs`` asking for the whole prompt
-    (``truncation=False``, no ``max_length``). vLLM's cut at ``max_model_len + 1`` tokenises the
-    whole text anyway (a fast tokenizer truncates after encoding), so asking for it whole saves
-    the second tokenisation the reference's cut would need: half the time of a long pair
-    (a 3 M-character document took 8 s with both)."""
+    (``truncation=False``, no ``max_length``), and whether they were found. vLLM's cut at
+    ``max_model_len + 1`` tokenises the whole text anyway (a fast tokenizer truncates after
+    encoding), so asking for it whole saves the second tokenisation the reference's cut would
+    need: half the time of a long pair (a 3 M-character document took 8 s with both)."""
     def whole(encode_kwargs):
         out = {k: v for k, v in (encode_kwargs or {}).items() if k != "max_length"}
         out["truncation"] = False
         return out
 
     if "encode_kwargs" in kwargs:
-        return args, {**kwargs, "encode_kwargs": whole(kwargs["encode_kwargs"])}
+        return args, {**kwargs, "encode_kwargs": whole(kwargs["encode_kwargs"])}, True
     if args:
-        return (whole(args[0]), *args[1:]), kwargs
-    return args, kwargs  # vLLM's signature changed: leave it, the re-tokenisation still cuts
+        return (whole(args[0]), *args[1:]), kwargs, True
+    return args, kwargs, False  # not passed: the re-tokenisation cuts as before
 
 
 def _part_text(part: Any) -> str | None:
@@ -190,9 +190,7 @@ def patch() -> str | None:
         whole = False
         if _settings(self) is not None:
             data_1, data_2 = reference_side(data_1), reference_side(data_2)
-            if args or "encode_kwargs" in kwargs:
-                args, kwargs = whole_encode_kwargs(args, kwargs)
-                whole = True
+            args, kwargs, whole = whole_encode_kwargs(args, kwargs)
         full_prompt, engine_prompt = original(self, data_1, data_2, *args, **kwargs)
         encode_kwargs = kwargs.get("encode_kwargs", args[0] if args else None)
         truncate_engine_prompt(self, engine_prompt, full_prompt, encode_kwargs, whole=whole)

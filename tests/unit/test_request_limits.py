@@ -139,10 +139,19 @@ def test_the_smallest_body_read():
     assert min_body_to_read(0, 0, 5) == 5  # a body of 5 bytes cannot carry 6 characters
     assert min_body_to_read(0, 50, 0) == 50
     assert min_body_to_read(0, 0, 0) is None
-    for length in range(2, 400):
-        q = length // 2
-        d = (length - q) // 3
-        assert q * d <= length * length // 12  # no body shorter than the bound can go over
+    # no body at or under the bound goes over: the most a query and empty documents make
+    checked = 0
+    for total in (1, 5, 12, 100, 1200, 5000):
+        bound = min_body_to_read(0, 0, total)
+        for d in range(1, bound):
+            # '{"query":"","documents":[]}' is 27 bytes, each empty document 3 more but the last 2
+            for body in ({"query": "q" * max(0, bound - 26 - 3 * d), "documents": [""] * d},
+                         {"input": "x" * bound}):
+                raw = json.dumps(body, separators=(",", ":"))
+                if len(raw) <= bound:
+                    checked += 1
+                    assert text_problem(body, max_text=0, max_total=total) is None, (total, raw)
+    assert checked > 50  # the bodies above were built to fit the bound: they were checked
 
 
 def _policy(monkeypatch, body: bytes, path="/v1/rerank", **env):

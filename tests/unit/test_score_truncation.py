@@ -138,10 +138,11 @@ def test_the_patch_asks_vllm_for_the_whole_prompt_once(monkeypatch):
     truncation), and the cut works on those ids without a second tokenisation."""
     monkeypatch.delenv("QWEN3VL_VLLM_KIND", raising=False)
     capped = {"add_special_tokens": False, "truncation": True, "max_length": 31}
-    args, kwargs = st.whole_encode_kwargs((capped, "tmpl"), {})
-    assert args == ({"add_special_tokens": False, "truncation": False}, "tmpl") and kwargs == {}
-    args, kwargs = st.whole_encode_kwargs((), {"encode_kwargs": capped, "chat_template": None})
+    args, kwargs, found = st.whole_encode_kwargs((capped, "tmpl"), {})
+    assert args == ({"add_special_tokens": False, "truncation": False}, "tmpl") and kwargs == {} and found
+    args, kwargs, found = st.whole_encode_kwargs((), {"encode_kwargs": capped, "chat_template": None})
     assert kwargs == {"encode_kwargs": {"add_special_tokens": False, "truncation": False}, "chat_template": None}
+    assert found and st.whole_encode_kwargs((), {"chat_template": None}) == ((), {"chat_template": None}, False)
     assert capped["max_length"] == 31  # the caller's dict is not changed
     full = [901] + list(range(1, 60)) + [902, 5, 901, 6, 7]
     tok = _Tok(full)
