@@ -13,8 +13,10 @@
   parsed once more (``json.loads``: ~40 µs for a 512² photo's 45 KB body, ~0.26 ms for a
   screenshot's 212 KB), then handed to vLLM as it came.
 - ``QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT`` (default 512 MiB, ``0`` for none, ``body_pool``): the
-  bodies of all requests in flight together; a request that would go over waits before its
-  body is read, then gets 503 with ``Retry-After``.
+  bodies of all requests in flight together, charged as their bytes arrive; a request whose
+  next chunk would go over waits, then gets 503 with ``Retry-After``.
+- ``QWEN3VL_BODY_TIMEOUT_S`` (default 60, ``0`` for none, ``body_pool``): how long the server
+  waits on a client for one body, in all; then 408.
 - ``/rerank`` and ``/score`` requests that vLLM would answer oddly get 400: an empty query (it
   would score "NULL"), no documents, or ``top_n`` beyond the documents (vLLM silently returns
   fewer). Only these paths (and SageMaker's ``/invocations``, which dispatches to them by the
@@ -30,10 +32,13 @@ cannot exist when ``media.remote_fetch`` is off). Where vLLM answers those with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 
-from qwen3vl_vllm.serving.body_pool import RETRY_AFTER_S, BodyPool, in_flight_limit
+from qwen3vl_vllm.serving.body_pool import (RETRY_AFTER_S, BodyPool, body_timeout_s, in_flight_limit,
+                                            timeout_message)
 from qwen3vl_vllm.serving.request_limits import (DOC_FIELDS, QUERY_FIELDS, env_limit, items_problem,
                                                   max_items, max_request_text_chars, max_text_chars,
                                                   text_problem)
@@ -62,7 +67,8 @@ def min_body_to_read(items: int, text: int, total: int) -> int | None:
 
 
 def _error(status: int, message: str) -> bytes:
-    kind = {400: "BadRequestError", 413: "RequestTooLargeError", 503: "ServiceUnavailableError"}.get(status, "Error")
+    kind = {400: "BadRequestError", 408: "RequestTimeoutError", 413: "RequestTooLargeError",
+            503: "ServiceUnavailableError"}.get(status, "Error")
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
 
 
@@ -71,6 +77,8 @@ async def _reply(send, status: int, message: str, retry_after: int | None = None
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    if status == 408:  # a client too slow to finish its body gets no more of this connection
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -119,6 +127,7 @@ class PolicyMiddleware:
         self.max_request_text = max_request_text_chars()
         self.read_from = min_body_to_read(self.max_items, self.max_text, self.max_request_text)
         self.bodies = BodyPool(in_flight_limit())
+        self.body_timeout = body_timeout_s()
         self.decode_limits = budget.limits()
 
     def _too_large(self, size: int) -> str:
@@ -142,45 +151,33 @@ class PolicyMiddleware:
         if self.max_body and length is not None and length > self.max_body:
             await _reply(send, 413, self._too_large(length))
             return
-        held = [0]  # bytes this request holds in the process's body pool, released at its end
-        if length:
-            if not await self.bodies.acquire(length):
-                await _reply(send, 503, self.bodies.busy_message(length), retry_after=RETRY_AFTER_S)
-                return
-            held[0] = length
+        body = _Body(self, receive, length)
         try:
-            await self._read_and_serve(scope, receive, send, length, held)
+            await self._read_and_serve(scope, body, send, length)
         finally:
-            self.bodies.release(held[0])
+            self.bodies.release(body.share)
 
-    def _hold_chunk(self, held: list, n: int) -> bool:
-        """Count a chunk of a body sent without a length; False when the pool is full."""
-        if not self.bodies.try_add(n):
-            return False
-        held[0] += n
-        return True
+    async def _refuse(self, send, body: "_Body") -> None:
+        status, message, retry_after = body.problem
+        await _reply(send, status, message, retry_after=retry_after)
 
-    async def _read_and_serve(self, scope, receive, send, length, held):
+    async def _read_and_serve(self, scope, body: "_Body", send, length):
         checked = scope.get("path") in RERANK_PATHS or scope.get("path") == INVOCATIONS
         # a body too short to go over a request limit is passed on unread
         count = self.read_from is not None and (length is None or length > self.read_from)
         if checked or count:
-            chunks, size, more = [], 0, True
+            chunks, more = [], True
             while more:
-                message = await receive()
+                message = await body.receive()
+                if body.problem:
+                    await self._refuse(send, body)
+                    return
                 if message["type"] != "http.request":
                     return
                 chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                if self.max_body and size > self.max_body:
-                    await _reply(send, 413, self._too_large(size))
-                    return
-                if length is None and not self._hold_chunk(held, len(chunks[-1])):
-                    await _reply(send, 503, self.bodies.busy_message(size), retry_after=RETRY_AFTER_S)
-                    return
                 more = message.get("more_body", False)
-            body = b"".join(chunks)
-            data = _json(body)
+            whole = b"".join(chunks)
+            data = _json(whole)
             if data is TOO_DEEP:
                 problem = TOO_DEEP
             else:
@@ -196,42 +193,73 @@ class PolicyMiddleware:
                 nonlocal done
                 if not done:
                     done = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
+                    return {"type": "http.request", "body": whole, "more_body": False}
+                return await body.receive()
 
             await self.app(scope, replay, send)
             return
-        if not self.max_body:
-            await self.app(scope, receive, send)
-            return
-        # count while the app reads; stop feeding it past the limit (or, with no content-length,
-        # past the room in the body pool)
-        state = {"size": 0, "over": False, "busy": False, "started": False}
-
-        async def counted():
-            message = await receive()
-            if message["type"] == "http.request":
-                n = len(message.get("body", b""))
-                state["size"] += n
-                if state["size"] > self.max_body:
-                    state["over"] = True
-                    return {"type": "http.disconnect"}
-                if length is None and not self._hold_chunk(held, n):
-                    state["busy"] = True
-                    return {"type": "http.disconnect"}
-            return message
+        # the app reads the body through the checks; one that fails them ends its reading (a
+        # disconnect) and gets its answer here: the app's answer to that disconnect (FastAPI:
+        # 400 "There was an error parsing the body") is dropped, unless it had begun before
+        started = False
 
         async def tracked(message):
+            nonlocal started
+            if body.problem and not started:
+                return
             if message["type"] == "http.response.start":
-                state["started"] = True
+                started = True
             await send(message)
 
         try:
-            await self.app(scope, counted, tracked)
+            await self.app(scope, body.receive, tracked)
         except Exception:
-            if not (state["over"] or state["busy"]):
+            if not body.problem:
                 raise
-        if state["over"] and not state["started"]:
-            await _reply(send, 413, self._too_large(state["size"]))
-        elif state["busy"] and not state["started"]:
-            await _reply(send, 503, self.bodies.busy_message(state["size"]), retry_after=RETRY_AFTER_S)
+        if body.problem and not started:
+            await self._refuse(send, body)
+
+
+class _Body:
+    """One request's body as it arrives: counted against the body limit, charged chunk by chunk
+    to the process's body pool, and waited for at most the body timeout. ``receive`` stands in
+    for the ASGI one; when a check fails it records ``problem`` (status, message, Retry-After)
+    and tells the app the client has gone, so the app stops reading and the middleware answers."""
+
+    def __init__(self, policy: "PolicyMiddleware", receive, length: int | None):
+        self.policy, self._receive, self.length = policy, receive, length
+        self.size = 0  # bytes received
+        self.share = policy.bodies.share()  # bytes charged to the pool, released when it ends
+        self.waited = 0.0  # seconds spent waiting on the client for the body
+        self.complete = False
+        self.problem: tuple[int, str, int | None] | None = None
+
+    async def receive(self):
+        if self.problem:
+            return {"type": "http.disconnect"}
+        if self.complete:  # the body is in: what follows is the client going away
+            return await self._receive()
+        policy = self.policy
+        timeout = policy.body_timeout
+        t0 = time.monotonic()
+        try:
+            if timeout:
+                message = await asyncio.wait_for(self._receive(), max(timeout - self.waited, 0.001))
+            else:
+                message = await self._receive()
+        except asyncio.TimeoutError:
+            self.problem = (408, timeout_message(timeout, self.size, self.length), None)
+            return {"type": "http.disconnect"}
+        self.waited += time.monotonic() - t0
+        if message["type"] != "http.request":
+            return message
+        n = len(message.get("body", b""))
+        self.size += n
+        if policy.max_body and self.size > policy.max_body:
+            self.problem = (413, policy._too_large(self.size), None)
+            return {"type": "http.disconnect"}
+        if n and not await policy.bodies.acquire(n, self.share):
+            self.problem = (503, policy.bodies.busy_message(self.size), RETRY_AFTER_S)
+            return {"type": "http.disconnect"}
+        self.complete = not message.get("more_body", False)
+        return message

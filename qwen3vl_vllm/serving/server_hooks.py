@@ -25,7 +25,8 @@ from typing import Any
 from qwen3vl_vllm.prompts.engine import chat_template_text
 from qwen3vl_vllm.serving import engine_hooks
 from qwen3vl_vllm.serving.detect import detect_kind
-from qwen3vl_vllm.serving.body_pool import IN_FLIGHT_ENV as BODIES_IN_FLIGHT_ENV, in_flight_limit
+from qwen3vl_vllm.serving.body_pool import (IN_FLIGHT_ENV as BODIES_IN_FLIGHT_ENV, TIMEOUT_ENV as BODY_TIMEOUT_ENV,
+                                            body_timeout_s, in_flight_limit)
 from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, max_body_bytes
 from qwen3vl_vllm.serving.request_limits import (MAX_ITEMS_ENV, MAX_REQUEST_TEXT_ENV, MAX_TEXT_ENV, max_items,
                                                   max_request_text_chars, max_text_chars)
@@ -59,9 +60,10 @@ def apply_serve_defaults(args: Any) -> str | None:
                     "reference does; set %s to change)", MEDIA_CONNECTOR, MEDIA_CONNECTOR_ENV)
     # a bad value is refused here, by name
     limit, items, text, total = max_body_bytes(), max_items(), max_text_chars(), max_request_text_chars()
-    bodies = in_flight_limit()
-    logger.info("qwen3vl-vllm: request bodies in flight at most %s (set %s; 0 for none)",
-                f"{bodies} bytes" if bodies else "any size", BODIES_IN_FLIGHT_ENV)
+    bodies, body_wait = in_flight_limit(), body_timeout_s()
+    logger.info("qwen3vl-vllm: request bodies in flight at most %s (set %s), each awaited at most "
+                "%s (set %s); 0 for none", f"{bodies} bytes" if bodies else "any size",
+                BODIES_IN_FLIGHT_ENV, f"{body_wait} s" if body_wait else "without end", BODY_TIMEOUT_ENV)
     logger.info("qwen3vl-vllm: request body limit %s (set %s); at most %s items per request (%s), "
                 "%s characters per text (%s), %s characters of text per request, a rerank query "
                 "once per document (%s); 0 for none", f"{limit} bytes" if limit else "off",

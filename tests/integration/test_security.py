@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import json
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ KEY = "security-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BUDGET = 64 * 2**20
 BODIES_IN_FLIGHT = 8 * 2**20  # request bodies held at once (the tests' requests come one at a time)
+BODY_TIMEOUT_S = 15  # waiting on a client for one body: outlasts the pool's 10 s wait below
 
 
 def record(key, value):
@@ -110,7 +112,8 @@ def keyed(media_servers, reranker_ckpt, tmp_path_factory):
     table = tmp_path_factory.mktemp("routes") / "routes.json"
     srv = Launched("configs/tiny-reranker-cpu.yaml", f"media.max_decoded_bytes_per_request={BUDGET}",
                    "media.max_decode_seconds=1", "media.remote_fetch=true",
-                   f"server.max_request_bytes_in_flight={BODIES_IN_FLIGHT}", name="security-reranker",
+                   f"server.max_request_bytes_in_flight={BODIES_IN_FLIGHT}",
+                   f"server.body_timeout_s={BODY_TIMEOUT_S}", name="security-reranker",
                    env_extra={"QWEN3VL_API_KEY": KEY, "QWEN3VL_ROUTE_TABLE": str(table),
                               "QWEN3VL_MEDIA_ALLOWED_ORIGINS": f"{media_servers.a},{media_servers.closed}",
                               "VLLM_IMAGE_FETCH_TIMEOUT": "2"})
@@ -207,20 +210,53 @@ def test_every_post_route_bounds_the_text_it_tokenises(keyed):
     record("text_limit_routes", answers)
 
 
+def _upload(srv, declared: int, first: bytes) -> socket.socket:
+    """A POST to /v1/rerank that declares ``declared`` bytes and sends ``first`` of them."""
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+    s.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+              b"Content-Length: " + str(declared).encode() + b"\r\n\r\n" + first)
+    return s
+
+
+def _answer(s: socket.socket) -> tuple[int, str]:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]["message"]
+
+
 def test_request_bodies_in_flight_are_bounded(keyed):
-    """One upload that declares 8 MiB - 1,000 bytes and sends 10 holds that room while it
-    trickles; a 2 KB request to every POST route of the running app then waits for room (10 s,
-    all at once) and gets 503 with Retry-After, naming the setting. When the upload goes away its
-    room is free again, and a request of 6 MB goes through the pool to the checks behind it."""
+    """Bodies are charged to the pool as they arrive, and waited for at most the body timeout.
+
+    - 16 uploads that each declare 8 MiB - 1,000 bytes and send 10 hold 160 bytes, not 128 MiB:
+      a request sent beside them is served.
+    - One that sends 8 MiB - 1,000 bytes and stalls before its last 10 holds that room: a 6 KB
+      request to every POST route of the running app waits for room (10 s, all at once) and
+      gets 503 with Retry-After, naming the setting.
+    - The stalled one gets 408 naming the timeout once the server has waited 15 s for it; its
+      room is free again, and a request of 6 MB goes through the pool to the checks behind it."""
     from concurrent.futures import ThreadPoolExecutor
 
     declared = BODIES_IN_FLIGHT - 1000
-    small = {"model": "x", "query": "q", "documents": ["d" * 2000]}
+    slow = [_upload(keyed, declared, b"{\"query\": ") for _ in range(16)]
+    try:
+        time.sleep(1.0)
+        r = _rerank(keyed, ["a cat on a mat", "d" * 2000])
+        assert r.status_code == 200, r.text[:300]
+    finally:
+        for s in slow:
+            s.close()
+
+    # 6 KB: long enough that the middleware reads it on every path (a route that reads no body,
+    # such as POST /ping, would otherwise answer without holding any)
+    small = {"model": "x", "query": "q", "documents": ["d" * 6000]}
     paths = post_paths(keyed.table)
-    with socket.create_connection(("127.0.0.1", keyed.port), timeout=60) as holder:
-        holder.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       b"Authorization: Bearer " + KEY.encode() + b"\r\n"
-                       b"Content-Length: " + str(declared).encode() + b"\r\n\r\n{\"query\": ")
+    body = b"{\"query\": \"" + b"q" * (declared - 20)
+    holder = _upload(keyed, declared + 10, body)
+    t0 = time.monotonic()
+    try:
         time.sleep(1.0)
 
         def post(path):
@@ -228,17 +264,25 @@ def test_request_bodies_in_flight_are_bounded(keyed):
 
         with ThreadPoolExecutor(16) as pool:
             answers = dict(pool.map(post, paths))
-    for path, r in answers.items():
-        assert r.status_code == 503, (path, r.status_code, r.text[:300])
-        assert r.headers.get("retry-after") == "2", (path, dict(r.headers))
-        assert _message(r).startswith(f"server busy: it holds {declared} bytes of request bodies in "
-                                      "flight"), (path, _message(r))
-        assert "QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT" in _message(r)
-    time.sleep(1.0)  # the server sees the upload end and frees its room
+        for path, r in answers.items():
+            assert r.status_code == 503, (path, r.status_code, r.text[:300])
+            assert r.headers.get("retry-after") == "2", (path, dict(r.headers))
+            assert _message(r).startswith(f"server busy: it holds {len(body)} bytes of request "
+                                          "bodies in flight"), (path, _message(r))
+            assert "QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT" in _message(r)
+        status, message = _answer(holder)
+        seconds = time.monotonic() - t0
+    finally:
+        holder.close()
+    assert status == 408 and message.startswith(f"request body: {len(body)} of {declared + 10} bytes "
+                                                f"arrived in the {BODY_TIMEOUT_S} s this server waits "
+                                                "for a body (QWEN3VL_BODY_TIMEOUT_S)"), (status, message)
+    assert seconds > BODY_TIMEOUT_S - 1, seconds  # answered by the timeout, not before
     r = httpx.post(keyed.url + "/tokenize", headers=AUTH, timeout=60, json={"prompt": "a" * 6_000_000})
     assert r.status_code == 400 and _message(r).startswith("prompt: 6000000 characters in one text"), r.text[:300]
     _still_serving(keyed)
     record("bodies_in_flight_routes", {p: r.status_code for p, r in answers.items()})
+    record("stalled_body", {"status": status, "seconds": round(seconds, 2)})
 
 
 def test_nothing_is_read_before_the_key(keyed):
