@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -65,6 +66,52 @@ class MediaSettings:
 
 
 DEFAULT_SETTINGS = MediaSettings()
+
+# half of a UTF-16 pair on its own (a JSON "\ud83d" escape without its partner, a string cut
+# between the two): not Unicode text, so no tokenizer takes it (the reference's raises TypeError)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+UNICODE_FIX = ("Send valid Unicode text: decode the bytes whole (UTF-8, or UTF-16 with both halves "
+               "of each pair), or replace the bad characters, e.g. "
+               "text.encode('utf-8', 'replace').decode()")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not Unicode text a tokenizer can take, else None.
+
+    >>> unicode_problem("ok \\ud83d")
+    'text is not valid Unicode: a lone surrogate U+D83D at character 3'
+    """
+    found = _LONE_SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"text is not valid Unicode: a lone surrogate U+{ord(found.group()):04X} at character {found.start()}"
+
+
+def find_bad_text(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(place, problem) of the first string in a JSON value (a request body, a field of one)
+    that is not Unicode text, named from ``where``.
+
+    >>> find_bad_text({"input": ["ok", "a\\udfff"]})
+    ('input[1]', 'text is not valid Unicode: a lone surrogate U+DFFF at character 1')
+    """
+    if isinstance(value, str):
+        problem = unicode_problem(value)
+        return (where or "request body", problem) if problem else None
+    if isinstance(value, dict):
+        children = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next(filter(None, (find_bad_text(v, place) for place, v in children)), None)
+
+
+def _check_text(where: str, text: Any, what: str = "text ") -> None:
+    if not isinstance(text, str):
+        raise InputError(where, f"{what}must be a string, got {type(text).__name__}")
+    problem = unicode_problem(text)
+    if problem:
+        raise InputError(where, problem, UNICODE_FIX)
 
 
 def format_instruction(instruction: str | None, default: str = DEFAULT_EMBED_INSTRUCTION) -> str:
@@ -217,8 +264,7 @@ def content_parts(obj: Mapping[str, Any], *, where: str, settings: MediaSettings
         parts.append({"type": "image", "image": image, "min_pixels": settings.min_pixels,
                       "max_pixels": settings.max_pixels})
     for j, text in enumerate(_as_list(obj.get("text"))):
-        if not isinstance(text, str):
-            raise InputError(f"{where}.text[{j}]", f"text must be a string, got {type(text).__name__}")
+        _check_text(f"{where}.text[{j}]", text)
         parts.append({"type": "text", "text": text})
     return parts
 
@@ -241,8 +287,8 @@ def embedding_conversation(item: Mapping[str, Any], *, index: int | None = None,
     fps = video_setting(f"{where}.fps", item.get("fps"), float, 1e-6)
     max_frames = video_setting(f"{where}.max_frames", item.get("max_frames"), int, 2)
     instruction = item.get("instruction")
-    if instruction is not None and not isinstance(instruction, str):
-        raise InputError(f"{where}.instruction", f"must be a string, got {type(instruction).__name__}")
+    if instruction is not None:
+        _check_text(f"{where}.instruction", instruction, "")
     parts = content_parts(item, where=where, settings=settings, fps=fps, max_frames=max_frames)
     if not parts:
         parts = [{"type": "text", "text": NULL_TEXT}]
@@ -285,8 +331,8 @@ def rerank_request(inputs: Mapping[str, Any], *, settings: MediaSettings = DEFAU
         raise InputError("documents", "need a non-empty list of documents",
                          "Give at least one {'text'|'image'|'video': ...} dict")
     instruction = inputs.get("instruction")
-    if instruction is not None and not isinstance(instruction, str):
-        raise InputError("instruction", f"must be a string, got {type(instruction).__name__}")
+    if instruction is not None:
+        _check_text("instruction", instruction, "")
     q_parts = content_parts(query, where="query", settings=settings, fps=fps, max_frames=max_frames)
     docs = []
     for i, doc in enumerate(documents):

@@ -56,7 +56,7 @@ import os
 from typing import Any
 
 from qwen3vl_vllm.serving.detect import detect_kind
-from qwen3vl_vllm.prompts.inputs import embedding_conversation
+from qwen3vl_vllm.prompts.inputs import UNICODE_FIX, embedding_conversation, find_bad_text
 
 logger = logging.getLogger("vllm.qwen3vl_vllm")
 INSTRUCTIONS_ENV = "QWEN3VL_INSTRUCTIONS"
@@ -116,6 +116,14 @@ def _messages(conversation: list[dict]) -> list[dict]:
     return [{"role": turn["role"], "content": turn["content"]} for turn in conversation]
 
 
+def check_unicode(value: Any, where: str) -> None:
+    """A 400 naming the first text under the request field ``where`` that is not Unicode text
+    (a lone surrogate), before the conversations name it by their own numbering."""
+    found = find_bad_text(value, where)
+    if found:
+        raise ValueError(f"{found[0]}: {found[1]}. {UNICODE_FIX}")
+
+
 def text_conversations(texts: list[str], instruction: str | None) -> list[list[dict]]:
     """One reference conversation per text (``{"text": t, "instruction": ...}``)."""
     out = []
@@ -166,6 +174,7 @@ def completion_conversations(request: Any) -> list[list[dict]] | None:
     texts = [value] if isinstance(value, str) else list(value)
     if not all(isinstance(t, str) for t in texts):
         raise ValueError(TOKEN_IDS_MESSAGE)
+    check_unicode(value, "input")
     extra = getattr(request, "model_extra", None) or {}
     return text_conversations(texts, resolve_instruction(extra.get(INSTRUCTION_FIELD)))
 
@@ -176,6 +185,11 @@ def cohere_conversations(request: Any) -> list[list[dict]]:
     instruction = resolve_instruction(None, request.input_type)
     if request.texts is None and request.images is None and request.inputs is None:
         raise ValueError("One of texts, images, or inputs must be provided")
+    check_unicode(request.texts, "texts")
+    for k, inp in enumerate(request.inputs or []):
+        for j, part in enumerate(inp.content):
+            if part.type == "text":
+                check_unicode(part.text, f"inputs[{k}].content[{j}].text")
     if request.texts is not None and request.images is None and request.inputs is None:
         return text_conversations(list(request.texts), instruction)
     items: list[dict] = []

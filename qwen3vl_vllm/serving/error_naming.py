@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 from qwen3vl_vllm.media.budget import BUSY_MARKER
+from qwen3vl_vllm.prompts.inputs import UNICODE_FIX, find_bad_text
 from qwen3vl_vllm.serving.settings import REMOTE_OFF_DOMAIN
 
 # vLLM 500s that are really bad input
@@ -66,8 +67,15 @@ RETRY_AFTER_S = 2
 # vLLM's answer to an input over max_model_len, and how to get the reference's cut instead
 TOO_LONG = "maximum context length"
 EMBED_KEYS = ("input", "messages", "texts", "images", "inputs")
+# the reference keeps every special token of a long pair (an "<|im_end|>" or "<|image_pad|>"
+# written in a text too) and cuts plain tokens only, so a pair with more of them than fit
+# stays over the limit, and the reference scores it at a length the server cannot take
 PAIR_FIX = ("A pair over 10,240 tokens is cut as the reference cuts it, but not one holding a "
-            "video: shorten its texts, or send the video with fewer frames (max_frames)")
+            "video, nor one whose special tokens alone (the reference keeps them all, also when a "
+            "text spells them, e.g. \"<|im_end|>\") are over the limit: shorten its texts, remove "
+            "special-token strings from them, or send the video with fewer frames (max_frames)")
+# what HF tokenizers say of a text that is not Unicode (a lone surrogate), naming nothing
+NOT_UNICODE = "TextEncodeInput must be"
 TRUNCATE_FIX = ("To embed its first max_model_len tokens as the reference does, send "
                 "\"truncate_prompt_tokens\": -1 (Cohere /v2/embed: \"truncate\": \"END\"), or start "
                 "the server with QWEN3VL_TRUNCATE=1 (YAML: server.truncate: true)")
@@ -284,6 +292,11 @@ class NameBadItemsMiddleware:
                 if isinstance(body, dict) and (rerank or any(k in body for k in EMBED_KEYS)):
                     fix = PAIR_FIX if rerank else TRUNCATE_FIX
                     error["message"] = f"{message.rstrip('. ')}. {fix}"
+                    return 400, json.dumps(payload).encode(), []
+            if status == 400 and NOT_UNICODE in message:
+                found = find_bad_text(json.loads(request))
+                if found:
+                    error["message"] = f"{found[0]}: {found[1]}. {UNICODE_FIX}"
                     return 400, json.dumps(payload).encode(), []
             tagged = KEY.search(message)
             markers = MEDIA_MARKERS if status == 400 else INPUT_500_MARKERS

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -148,12 +150,44 @@ def test_server_rerank_media(case, rr, bad_tmp):
     ("pair over max length with a video", {"query": "hello " * 11000, "documents": [{"content": [
         {"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + ",".join(
             b64(png_bytes(f)) for f in frames(2))}}]}]}, "maximum context length"),
+    # the reference keeps every special token when it cuts, also those a text spells out: a
+    # document of 11,000 "<|endoftext|>" stays over the limit after its cut
+    ("pair of special tokens over max length", {"query": "q", "documents": ["<|endoftext|>" * 11000]},
+     "nor one whose special tokens alone (the reference keeps them all, also when a text spells "
+     "them, e.g. \"<|im_end|>\") are over the limit"),
 ])
 def test_server_rerank_requests(case, body, fragment, rr):
     server, _ = rr
     r = httpx.post(server.url + "/v1/rerank", timeout=60, json=body)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     assert fragment in r.json()["error"]["message"], r.text
+    _rr_still_good(rr)
+
+
+# half of a UTF-16 pair, as a JavaScript client sends a string sliced through an emoji
+# (JSON.stringify writes it as "\ud83d"); the openai SDK and httpx cannot send one at all
+CUT_EMOJI = "cut \ud83d"
+
+
+@pytest.mark.parametrize("server_kind,path,body,where", [
+    ("emb", "/v1/embeddings", {"input": ["fine", CUT_EMOJI]}, "input[1]"),
+    ("emb", "/v1/embeddings", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": CUT_EMOJI}]}]}, "messages[0].content[0].text"),
+    ("emb", "/v2/embed", {"texts": [CUT_EMOJI], "input_type": "search_document",
+                          "embedding_types": ["float"]}, "texts[0]"),
+    ("rr", "/v1/rerank", {"query": "q", "documents": ["fine", CUT_EMOJI]}, "documents[1]"),
+    ("rr", "/v1/score", {"text_1": CUT_EMOJI, "text_2": ["fine"]}, "text_1"),
+])
+def test_text_that_is_not_unicode_gets_a_400_naming_it(server_kind, path, body, where, emb, rr):
+    server, model = (emb[0], emb[1]) if server_kind == "emb" else (rr[0], None)
+    raw = json.dumps({**({"model": model} if model else {}), **body}).encode()  # ASCII: "\ud83d"
+    assert b"\\ud83d" in raw
+    r = httpx.post(server.url + path, content=raw, timeout=60, headers={"content-type": "application/json"})
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    message = r.json()["error"]["message"]
+    assert message.startswith(f"{where}: text is not valid Unicode: a lone surrogate U+D83D at "
+                              "character 4. Send valid Unicode text"), message
+    _still_good(emb)
     _rr_still_good(rr)
 
 
@@ -179,6 +213,8 @@ def client_cases(tmp: Path) -> dict[str, tuple[dict, type, str]]:
         "zero-frame video": ({"video": str(zero)}, MediaError, "inputs[0].video[0]"),
         "frame list with a bad frame": ({"video": bad_frames}, MediaError, "inputs[0].video[0].frames["),
         "wrong type": ({"text": 5}, InputError, "inputs[0].text[0]: text must be a string"),
+        "lone surrogate": ({"text": CUT_EMOJI}, InputError,
+                           "inputs[0].text[0]: text is not valid Unicode: a lone surrogate U+D83D"),
         "unknown key": ({"txet": "typo"}, InputError, "unknown key(s) ['txet']"),
     }
 

@@ -121,3 +121,22 @@ def test_rerank_request_rules():
     conv = I.rerank_conversation("Inst", [{"type": "text", "text": "q"}], [{"type": "text", "text": "d"}])
     texts = "".join(p["text"] for p in conv[1]["content"])
     assert texts == "<Instruct>: Inst<Query>:q\n<Document>:d"
+
+
+@pytest.mark.parametrize("text,where,char", [
+    ("ok \ud83d", "inputs[0].text[0]", "U+D83D at character 3"),     # a JS slice through an emoji
+    ("\ude00 tail", "inputs[0].text[0]", "U+DE00 at character 0"),
+])
+def test_lone_surrogates_are_named(text, where, char):
+    """Half of a UTF-16 pair is not Unicode text; the reference's tokenizer refuses it with a
+    TypeError naming nothing. Here it is an InputError naming the text and the fix."""
+    with pytest.raises(InputError) as err:
+        I.embedding_conversation({"text": text}, index=0)
+    assert str(err.value).startswith(f"{where}: text is not valid Unicode: a lone surrogate {char}. ")
+    assert "text.encode('utf-8', 'replace').decode()" in str(err.value)
+    with pytest.raises(InputError, match=r"^documents\[1\]\.text\[0\]: text is not valid Unicode"):
+        I.rerank_request({"query": {"text": "q"}, "documents": [{"text": "fine"}, {"text": text}]})
+    with pytest.raises(InputError, match=r"^inputs\[2\]\.instruction: text is not valid Unicode"):
+        I.embedding_conversation({"text": "fine", "instruction": text}, index=2)
+    # a whole pair (an emoji) is fine, as is every other character
+    assert I.embedding_conversation({"text": "ok \U0001F600 \u00e9\u4e2d\ufffd"}, index=0)

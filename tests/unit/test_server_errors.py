@@ -365,6 +365,25 @@ def test_over_long_inputs_get_the_fix_named():
     assert "fewer frames" in json.loads(sent[1]["body"])["error"]["message"]
 
 
+def test_text_that_is_not_unicode_is_named():
+    """vLLM passes on the tokenizer's TypeError for a lone surrogate ("TextEncodeInput must be
+    Union[...]"), naming no text: the 400 names the first such text by its place."""
+    raw = "TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]"
+    cases = [({"model": "m", "input": ["fine", "cut \ud83d"]}, "/v1/embeddings", "input[1]", "U+D83D at character 4"),
+             ({"query": "q", "documents": ["a", {"text": "\udc00"}]}, "/v1/rerank", "documents[1].text", "U+DC00"),
+             ({"messages": [{"role": "user", "content": [{"type": "text", "text": "ok"},
+                                                          {"type": "text", "text": "x\ud800"}]}]},
+              "/v1/embeddings", "messages[0].content[1].text", "U+D800 at character 1")]
+    for body, path, where, char in cases:
+        sent = _run(_app(400, raw), body, path=path)
+        message = json.loads(sent[1]["body"])["error"]["message"]
+        assert sent[0]["status"] == 400 and message.startswith(
+            f"{where}: text is not valid Unicode: a lone surrogate {char}"), message
+    # no such text in the body: vLLM's message is passed on as it was
+    sent = _run(_app(400, raw), {"model": "m", "input": "fine"}, path="/v1/embeddings")
+    assert json.loads(sent[1]["body"])["error"]["message"] == raw
+
+
 def _texts_body(n: int) -> bytes:
     return json.dumps({"model": "m", "input": ["a"] * n}).encode()
 
