@@ -76,6 +76,14 @@ SYMBOLS: tuple[Symbol, ...] = (
            "validate_parsed_serve_args", ("args",), "serve defaults on `vllm serve` (wrapped)"),
     Symbol(("vllm.entrypoints.cli.serve",), "validate_parsed_serve_args", ("args",),
            "serve defaults on `vllm serve` (wrapped)", optional=True),
+    # not vLLM's: the HTTP parser vLLM's server runs on (uvicorn with httptools), bounded here
+    Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.data_received", ("self", "data"),
+           "a request's line and headers bounded under httptools (wrapped, head_limit; reads "
+           ".transport)", optional=True),
+    Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.on_headers_complete", ("self",),
+           "where a request's head ends (wrapped, head_limit)", optional=True),
+    Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.on_message_complete", ("self",),
+           "where the next request's head starts (wrapped, head_limit)", optional=True),
     Symbol(("vllm.entrypoints.launchers.api_server.entry",), "build_app", ("args",),
            "serve defaults on every server entry point, python -m included (wrapped)"),
     Symbol(("vllm.entrypoints.launchers.run_batch",), "build_endpoint_registry",

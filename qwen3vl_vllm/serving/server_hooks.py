@@ -27,6 +27,7 @@ from qwen3vl_vllm.serving import engine_hooks
 from qwen3vl_vllm.serving.detect import detect_kind
 from qwen3vl_vllm.serving.body_pool import (IN_FLIGHT_ENV as BODIES_IN_FLIGHT_ENV, TIMEOUT_ENV as BODY_TIMEOUT_ENV,
                                             body_timeout_s, in_flight_limit)
+from qwen3vl_vllm.serving import head_limit
 from qwen3vl_vllm.serving.policy import MAX_BODY_ENV, max_body_bytes
 from qwen3vl_vllm.serving.request_limits import (MAX_ITEMS_ENV, MAX_REQUEST_TEXT_ENV, MAX_TEXT_ENV, max_items,
                                                   max_request_text_chars, max_text_chars)
@@ -69,6 +70,12 @@ def apply_serve_defaults(args: Any) -> str | None:
                 "once per document (%s); 0 for none", f"{limit} bytes" if limit else "off",
                 MAX_BODY_ENV, items or "any number of", MAX_ITEMS_ENV, text or "any number of",
                 MAX_TEXT_ENV, total or "any number of", MAX_REQUEST_TEXT_ENV)
+    head = head_limit.max_header_bytes()
+    head_limit.patch(head)
+    logger.info("qwen3vl-vllm: request line and headers at most %s (set %s; 0 for none)%s",
+                f"{head} bytes" if head else "any size", head_limit.HEADER_ENV,
+                "" if not head or head_limit.installed() else
+                " - not needed: no httptools, and vLLM bounds uvicorn's h11 parser")
     if KEEP_ALIVE_ENV not in os.environ:
         # read by vLLM when it starts uvicorn, after argument validation (this process only)
         os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)

@@ -285,6 +285,40 @@ def test_request_bodies_in_flight_are_bounded(keyed):
     record("stalled_body", {"status": status, "seconds": round(seconds, 2)})
 
 
+def _head_answer(srv, first: bytes, pieces: int) -> tuple[bytes, int]:
+    """Send ``first`` then up to ``pieces`` pieces of 64 KiB of a head that never ends; the
+    answer's status line and how many pieces went out before the server closed."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(first)
+        sent = 0
+        try:
+            for sent in range(1, pieces + 1):
+                s.sendall(b"a" * 65536)
+        except OSError:  # the server closed the connection: the rest cannot go out
+            pass
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+    return data.split(b"\r\n", 1)[0], sent
+
+
+def test_request_heads_are_bounded(keyed):
+    """uvicorn's httptools parser grows a header or the URL without a bound, before any key is
+    checked (one connection streaming a 300 MB header held a core for 114 s and +470 MB): past
+    64 KiB of line and headers the server answers 431 and closes. A 60 KB header passes."""
+    first, sent = _head_answer(keyed, b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nX-Big: ", 32)
+    assert first == b"HTTP/1.1 431 Request Header Fields Too Large", (first, sent)
+    url, _ = _head_answer(keyed, b"GET /health?q=", 32)
+    assert url == b"HTTP/1.1 431 Request Header Fields Too Large", url
+    r = httpx.get(keyed.url + "/health", headers={"X-Pad": "p" * 60_000}, timeout=30)
+    assert r.status_code == 200, r.text[:200]
+    _still_serving(keyed)
+    record("request_heads", {"header_431_after_pieces_of_64KiB": sent, "url": url.decode()})
+
+
 def test_nothing_is_read_before_the_key(keyed):
     """A keyless request is answered 401 before its body is read: a 60 MiB upload that never
     comes still gets its 401, and a keyless malformed body is a 401, not a 400."""
