@@ -27,6 +27,7 @@ from qwen3vl_vllm.prompts.inputs import DEFAULT_SETTINGS
 from qwen3vl_vllm.serving.body_pool import DEFAULT_IN_FLIGHT as DEFAULT_BODIES_IN_FLIGHT
 from qwen3vl_vllm.serving.body_pool import DEFAULT_TIMEOUT_S as DEFAULT_BODY_TIMEOUT_S
 from qwen3vl_vllm.serving.head_limit import DEFAULT_MAX_HEADER_BYTES
+from qwen3vl_vllm.serving.head_limit import DEFAULT_TIMEOUT_S as DEFAULT_HEADER_TIMEOUT_S
 from qwen3vl_vllm.serving.policy import DEFAULT_MAX_BODY_BYTES
 from qwen3vl_vllm.serving.request_limits import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_TEXT_CHARS,
                                                   DEFAULT_MAX_TEXT_CHARS)
@@ -49,6 +50,7 @@ class ServerConfig:
     max_request_bytes_in_flight: int = DEFAULT_BODIES_IN_FLIGHT
     body_timeout_s: int = DEFAULT_BODY_TIMEOUT_S  # waiting on a client for one body (408); 0: none
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a request's line and headers (431); 0: none
+    header_timeout_s: int = DEFAULT_HEADER_TIMEOUT_S  # first byte to end of headers (408); 0: none
     max_items_per_request: int = DEFAULT_MAX_ITEMS  # items in one request's lists; 0: no limit
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # characters in one text; 0: no limit
     # characters of text in one request, a rerank query once per document; 0: no limit
@@ -141,7 +143,7 @@ NON_NEGATIVE = {"media.max_decoded_bytes_per_request", "media.max_decoded_bytes_
                 "media.max_decode_seconds", "server.max_items_per_request",
                 "server.max_text_chars", "server.max_request_text_chars",
                 "server.max_request_bytes_in_flight", "server.body_timeout_s",
-                "server.max_header_bytes"}
+                "server.max_header_bytes", "server.header_timeout_s"}
 POSITIVE = {"server.port", "server.max_request_bytes", "server.keep_alive_s", "media.min_pixels",
             "media.max_pixels", "media.fps", "media.max_frames", "batching.max_num_seqs", "max_model_len",
             "parallel.data_parallel_size", "parallel.tensor_parallel_size",

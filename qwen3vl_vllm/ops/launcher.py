@@ -66,7 +66,7 @@ BUILTIN = {"builtin:tiny-embedding": "embedding", "builtin:tiny-reranker": "rera
 from qwen3vl_vllm.serving.embed_inputs import (INSTRUCTIONS_ENV, RAW_ENV, TRUNCATE_ENV)  # noqa: E402  (light: no vLLM import)
 from qwen3vl_vllm.serving.body_pool import IN_FLIGHT_ENV as BODIES_IN_FLIGHT_ENV  # noqa: E402
 from qwen3vl_vllm.serving.body_pool import TIMEOUT_ENV as BODY_TIMEOUT_ENV  # noqa: E402
-from qwen3vl_vllm.serving.head_limit import HEADER_ENV  # noqa: E402
+from qwen3vl_vllm.serving.head_limit import HEADER_ENV, TIMEOUT_ENV as HEADER_TIMEOUT_ENV  # noqa: E402
 from qwen3vl_vllm.serving.policy import MAX_BODY_ENV  # noqa: E402  (light: no vLLM import)
 from qwen3vl_vllm.serving.request_limits import MAX_ITEMS_ENV, MAX_REQUEST_TEXT_ENV, MAX_TEXT_ENV  # noqa: E402
 from qwen3vl_vllm.prompts.video_fit import (DEFAULT_MODE as VIDEO_FIT_DEFAULT, FIT_ENV)  # noqa: E402  (light: no vLLM import)
@@ -186,6 +186,7 @@ def server_env(cfg, base: dict | None = None) -> dict:
     env[BODIES_IN_FLIGHT_ENV] = str(cfg.server.max_request_bytes_in_flight)
     env[BODY_TIMEOUT_ENV] = str(cfg.server.body_timeout_s)
     env[HEADER_ENV] = str(cfg.server.max_header_bytes)
+    env[HEADER_TIMEOUT_ENV] = str(cfg.server.header_timeout_s)
     env[MAX_ITEMS_ENV] = str(cfg.server.max_items_per_request)
     env[MAX_TEXT_ENV] = str(cfg.server.max_text_chars)
     env[MAX_REQUEST_TEXT_ENV] = str(cfg.server.max_request_text_chars)
@@ -223,6 +224,7 @@ def dry_run_command(cfg, model: str) -> str:
             f"{BODIES_IN_FLIGHT_ENV}={cfg.server.max_request_bytes_in_flight}",
             f"{BODY_TIMEOUT_ENV}={cfg.server.body_timeout_s}",
             f"{HEADER_ENV}={cfg.server.max_header_bytes}",
+            f"{HEADER_TIMEOUT_ENV}={cfg.server.header_timeout_s}",
             f"{MAX_ITEMS_ENV}={cfg.server.max_items_per_request}",
             f"{MAX_TEXT_ENV}={cfg.server.max_text_chars}",
             f"{MAX_REQUEST_TEXT_ENV}={cfg.server.max_request_text_chars}",

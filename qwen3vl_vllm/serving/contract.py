@@ -80,6 +80,11 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.data_received", ("self", "data"),
            "a request's line and headers bounded under httptools (wrapped, head_limit; reads "
            ".transport)", optional=True),
+    Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.connection_made", ("self", "transport"),
+           "a new connection's wait for its first request bounded (wrapped, head_limit; reads .loop, "
+           ".timeout_keep_alive)", optional=True),
+    Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.connection_lost", ("self", "exc"),
+           "the header timer stopped with the connection (wrapped, head_limit)", optional=True),
     Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.on_headers_complete", ("self",),
            "where a request's head ends (wrapped, head_limit)", optional=True),
     Symbol(("uvicorn.protocols.http.httptools_impl",), "HttpToolsProtocol.on_message_complete", ("self",),

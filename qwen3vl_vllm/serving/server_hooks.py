@@ -70,12 +70,13 @@ def apply_serve_defaults(args: Any) -> str | None:
                 "once per document (%s); 0 for none", f"{limit} bytes" if limit else "off",
                 MAX_BODY_ENV, items or "any number of", MAX_ITEMS_ENV, text or "any number of",
                 MAX_TEXT_ENV, total or "any number of", MAX_REQUEST_TEXT_ENV)
-    head = head_limit.max_header_bytes()
-    head_limit.patch(head)
-    logger.info("qwen3vl-vllm: request line and headers at most %s (set %s; 0 for none)%s",
-                f"{head} bytes" if head else "any size", head_limit.HEADER_ENV,
-                "" if not head or head_limit.installed() else
-                " - not needed: no httptools, and vLLM bounds uvicorn's h11 parser")
+    head, head_s = head_limit.max_header_bytes(), head_limit.header_timeout_s()
+    head_limit.patch(head, head_s)
+    logger.info("qwen3vl-vllm: request line and headers at most %s (set %s), complete within %s of "
+                "their first byte (set %s); 0 for none%s", f"{head} bytes" if head else "any size",
+                head_limit.HEADER_ENV, f"{head_s} s" if head_s else "any time", head_limit.TIMEOUT_ENV,
+                "" if not (head or head_s) or head_limit.installed() else
+                " - not installed: no httptools (vLLM bounds the size under uvicorn's h11 parser)")
     if KEEP_ALIVE_ENV not in os.environ:
         # read by vLLM when it starts uvicorn, after argument validation (this process only)
         os.environ[KEEP_ALIVE_ENV] = str(KEEP_ALIVE_S)

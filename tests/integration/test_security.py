@@ -35,6 +35,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 BUDGET = 64 * 2**20
 BODIES_IN_FLIGHT = 8 * 2**20  # request bodies held at once (the tests' requests come one at a time)
 BODY_TIMEOUT_S = 15  # waiting on a client for one body: outlasts the pool's 10 s wait below
+HEADER_TIMEOUT_S = 2  # first byte to the end of the headers
 
 
 def record(key, value):
@@ -113,7 +114,8 @@ def keyed(media_servers, reranker_ckpt, tmp_path_factory):
     srv = Launched("configs/tiny-reranker-cpu.yaml", f"media.max_decoded_bytes_per_request={BUDGET}",
                    "media.max_decode_seconds=1", "media.remote_fetch=true",
                    f"server.max_request_bytes_in_flight={BODIES_IN_FLIGHT}",
-                   f"server.body_timeout_s={BODY_TIMEOUT_S}", name="security-reranker",
+                   f"server.body_timeout_s={BODY_TIMEOUT_S}", f"server.header_timeout_s={HEADER_TIMEOUT_S}",
+                   name="security-reranker",
                    env_extra={"QWEN3VL_API_KEY": KEY, "QWEN3VL_ROUTE_TABLE": str(table),
                               "QWEN3VL_MEDIA_ALLOWED_ORIGINS": f"{media_servers.a},{media_servers.closed}",
                               "VLLM_IMAGE_FETCH_TIMEOUT": "2"})
@@ -308,15 +310,28 @@ def _head_answer(srv, first: bytes, pieces: int) -> tuple[bytes, int]:
 def test_request_heads_are_bounded(keyed):
     """uvicorn's httptools parser grows a header or the URL without a bound, before any key is
     checked (one connection streaming a 300 MB header held a core for 114 s and +470 MB): past
-    64 KiB of line and headers the server answers 431 and closes. A 60 KB header passes."""
+    64 KiB of line and headers the server answers 431 and closes. A 60 KB header passes. Headers
+    sent a line now and then get 408 at the header timeout (2 s here)."""
     first, sent = _head_answer(keyed, b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nX-Big: ", 32)
     assert first == b"HTTP/1.1 431 Request Header Fields Too Large", (first, sent)
     url, _ = _head_answer(keyed, b"GET /health?q=", 32)
     assert url == b"HTTP/1.1 431 Request Header Fields Too Large", url
     r = httpx.get(keyed.url + "/health", headers={"X-Pad": "p" * 60_000}, timeout=30)
     assert r.status_code == 200, r.text[:200]
+    # Slowloris: a header line now and then holds the connection until the header timeout
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as s:
+        t0 = time.monotonic()
+        s.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(HEADER_TIMEOUT_S / 2)
+        s.sendall(b"X-Slow: 1\r\n")
+        slow = s.recv(4096)
+        seconds = time.monotonic() - t0
+        assert s.recv(4096) == b""  # closed
+    assert slow.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"QWEN3VL_HEADER_TIMEOUT_S" in slow, slow
+    assert seconds > HEADER_TIMEOUT_S - 0.5, seconds  # at the timeout, not before
     _still_serving(keyed)
-    record("request_heads", {"header_431_after_pieces_of_64KiB": sent, "url": url.decode()})
+    record("request_heads", {"header_431_after_pieces_of_64KiB": sent, "url": url.decode(),
+                             "slow_headers_408_after_s": round(seconds, 2)})
 
 
 def test_nothing_is_read_before_the_key(keyed):

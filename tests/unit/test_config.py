@@ -236,17 +236,19 @@ def test_text_limits_reach_the_server_env():
     assert env["QWEN3VL_MAX_REQUEST_TEXT_CHARS"] == "16777216"
     assert env["QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT"] == str(512 * 1024 ** 2)
     assert env["QWEN3VL_BODY_TIMEOUT_S"] == "60" and env["QWEN3VL_MAX_HEADER_BYTES"] == "65536"
+    assert env["QWEN3VL_HEADER_TIMEOUT_S"] == "30"
     env = server_env(load_config("configs/tiny-embedding-cpu.yaml", ["server.max_text_chars=0",
                                                                    "server.max_request_text_chars=5"]), base={})
     assert env["QWEN3VL_MAX_TEXT_CHARS"] == "0" and env["QWEN3VL_MAX_REQUEST_TEXT_CHARS"] == "5"
     res = _cli("serve", "--config", "configs/tiny-embedding-cpu.yaml", "--set", "server.max_text_chars=123",
                "--set", "server.max_request_text_chars=456", "--set", "server.max_request_bytes_in_flight=789",
-               "--set", "server.body_timeout_s=12", "--set", "server.max_header_bytes=345", "--dry-run")
+               "--set", "server.body_timeout_s=12", "--set", "server.max_header_bytes=345",
+               "--set", "server.header_timeout_s=7", "--dry-run")
     assert res.returncode == 0, res.stdout[:500]
     assert "QWEN3VL_MAX_TEXT_CHARS=123" in res.stdout and "QWEN3VL_MAX_REQUEST_TEXT_CHARS=456" in res.stdout
     assert "QWEN3VL_MAX_BODY_BYTES_IN_FLIGHT=789" in res.stdout and "QWEN3VL_BODY_TIMEOUT_S=12" in res.stdout
-    assert "QWEN3VL_MAX_HEADER_BYTES=345" in res.stdout
+    assert "QWEN3VL_MAX_HEADER_BYTES=345" in res.stdout and "QWEN3VL_HEADER_TIMEOUT_S=7" in res.stdout
     for key in ("server.max_text_chars", "server.max_request_text_chars", "server.max_request_bytes_in_flight",
-                "server.body_timeout_s", "server.max_header_bytes"):
+                "server.body_timeout_s", "server.max_header_bytes", "server.header_timeout_s"):
         with pytest.raises(Exception, match=f"{key}: must be >= 0"):
             load_config("configs/tiny-embedding-cpu.yaml", [f"{key}=-1"])
