@@ -3,9 +3,10 @@
 Every way of starting a server goes through vLLM's argument validation or its app factory
 (``python -m vllm.entrypoints.openai.api_server`` only through the latter); both are wrapped
 (``patch_serve_validation``) to fill, for a detected checkpoint, the package's chat template,
-its middleware (the API key check outermost), the media connector, keep-alive and the API
-server count on a GPU (``apply_serve_defaults``, ``apply_api_server_default``), and to log the
-media policy the server exposes. The batch runner, which validates no serve arguments, gets
+its middleware (the API key check outermost), the media connector, keep-alive, the HTTP
+parser's header bounds (``head_limit``) and the API server count on a GPU
+(``apply_serve_defaults``, ``apply_api_server_default``), and to log the media policy the
+server exposes. The batch runner, which validates no serve arguments, gets
 the same template where it builds its endpoints (``patch_run_batch``).
 
 Example::

@@ -77,7 +77,6 @@ def test_a_full_pool_of_half_bodies_lets_the_first_finish():
         shares = [pool.share() for _ in range(3)]
         for s in shares:
             assert await pool.acquire(300, s)
-        t0 = asyncio.get_running_loop().time()
         results = {}
 
         async def more(i):
@@ -86,10 +85,9 @@ def test_a_full_pool_of_half_bodies_lets_the_first_finish():
                 pool.release(shares[i])              # the middleware does this as the request ends
 
         tasks = [asyncio.ensure_future(more(i)) for i in (2, 1, 0)]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)                     # well within the 5 s wait
         assert results == {2: False, 0: True}, results
         assert shares[0].held == 600 and shares[1].held == 300 and pool.held == 900
-        assert asyncio.get_running_loop().time() - t0 < 1.0  # not the 5 s wait
         pool.release(shares[0])
         await asyncio.gather(*tasks)
         assert results[1] is True and pool.held == shares[1].held == 600
